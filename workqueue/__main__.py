@@ -1,0 +1,58 @@
+"""Command line: `python -m workqueue [--role ...] [--config ...] ...` (DESIGN section 3)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from . import config
+from .app import create_app
+from .errors import ConfigError, PluginError
+from .plugins import load_plugins
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m workqueue", description="workqueue: a background job service on Redis")
+    p.add_argument("--role", choices=config.ROLES, help="producer (HTTP API), worker (runs jobs) or both")
+    p.add_argument("--config", help="TOML config file (default ./config.toml if present)")
+    p.add_argument("--redis", dest="redis_url", help="redis://, rediss://, unix:// or memory:// URL")
+    p.add_argument("--host", help="address to listen on")
+    p.add_argument("--port", type=int, help="port to listen on")
+    p.add_argument("--concurrency", type=int, help="jobs run at once by this worker process")
+    p.add_argument("--queues", help="queues this worker serves, comma-separated")
+    p.add_argument("--plugins", dest="plugin_dirs", action="append", metavar="DIR",
+                   help="a directory of drop-in plugins (repeatable)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "config"}
+    try:
+        settings = config.load(args.config, os.environ, overrides)
+        tasks = load_plugins([Path(d) for d in settings.plugin_dirs])
+        unknown = sorted(set(settings.plugins) - set(tasks))
+        if unknown:
+            raise ConfigError(f"plugins.{unknown[0]}: no loaded task type is named {unknown[0]!r}")
+    except (ConfigError, PluginError) as e:
+        print(f"workqueue: {e}", file=sys.stderr)
+        return 2
+    app = create_app(settings, tasks)
+    print(f"workqueue: {settings.role} on http://{settings.host}:{settings.port} "
+          f"({', '.join(sorted(tasks)) or 'no task types'})", file=sys.stderr, flush=True)
+    web.run_app(app, host=settings.host, port=settings.port, print=None,
+                shutdown_timeout=5, handle_signals=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # A thread still running an abandoned plain-function handler would hold the interpreter open
+    # past the grace period; everything worth keeping has been recorded and flushed by now.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

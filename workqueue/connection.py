@@ -1,0 +1,63 @@
+"""Redis clients with explicit timeouts and retry policy, or the embedded memory:// store.
+
+Every limit is set here rather than left to redis-py defaults, which changed between versions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+# Blocking reads wait this long at most, so a stopping worker notices within it.
+BLOCK_MS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Clients:
+    """`main` serves ordinary commands; `blocking` serves XREADGROUP BLOCK so waits never queue
+    ordinary commands behind them, and gets a socket timeout longer than the block."""
+
+    main: aioredis.Redis
+    blocking: aioredis.Redis
+
+    async def close(self) -> None:
+        await self.blocking.aclose()
+        await self.main.aclose()
+
+
+def connect(url: str, timeout: float) -> Clients:
+    if url.startswith("memory://"):
+        return embedded()
+    # One quick retry rides over a dropped connection; more would turn an outage into a hang,
+    # and the producer must answer 503 fast instead.
+    def client(socket_timeout: float) -> aioredis.Redis:
+        return aioredis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=1),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            health_check_interval=30,
+            max_connections=256,
+        )
+
+    return Clients(main=client(timeout), blocking=client(BLOCK_MS / 1000 + timeout))
+
+
+def embedded() -> Clients:
+    """An in-process store for trying the service: one process, nothing kept after exit."""
+    import fakeredis  # imported here: only the memory:// mode needs it
+
+    server = fakeredis.FakeServer()
+    return Clients(
+        main=fakeredis.FakeAsyncRedis(server=server),
+        blocking=fakeredis.FakeAsyncRedis(server=server),
+    )
+
+
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)

@@ -1,0 +1,34 @@
+"""The exceptions workqueue raises, as one small tree.
+
+    WorkqueueError
+    ├── ConfigError         bad or unknown setting; start-up stops (exit 2)
+    ├── PluginError         a plugin failed to load or clashes with another; start-up stops
+    ├── ValidationError     a request or job is malformed; HTTP 400/413/415/422, nothing enqueued
+    └── StoreUnavailable    Redis cannot be reached right now; HTTP 503 with Retry-After
+"""
+
+from __future__ import annotations
+
+
+class WorkqueueError(Exception):
+    """Base of every error workqueue raises on purpose."""
+
+
+class ConfigError(WorkqueueError):
+    """A setting is unknown or has a bad value; the message names the key."""
+
+
+class PluginError(WorkqueueError):
+    """A plugin could not be found, imported or registered; the message names it and its source."""
+
+
+class ValidationError(WorkqueueError):
+    """Client input is wrong; `status` is the HTTP status it maps to."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class StoreUnavailable(WorkqueueError):
+    """Redis did not answer; the operation had no effect and may be retried."""

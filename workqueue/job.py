@@ -1,0 +1,170 @@
+"""Jobs: their states, what a client may ask for (`JobSpec`), and what a worker runs (`Job`).
+
+Request validation lives here so the HTTP layer and any future client share one definition of a
+valid job. Field names are matched case-insensitively, as the Go service's JSON decoding did.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+from .errors import ValidationError
+
+
+class Status(str, Enum):
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    ACTIVE = "active"
+    SUCCEEDED = "succeeded"
+    RETRYING = "retrying"
+    DEAD = "dead"
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({Status.SUCCEEDED, Status.DEAD, Status.CANCELLED})
+WAITING = frozenset({Status.QUEUED, Status.SCHEDULED, Status.RETRYING})
+
+# The fields a request may carry, lower-cased. Anything else is refused so a typo ("retires")
+# is reported instead of silently falling back to a default.
+REQUEST_FIELDS = frozenset({"type", "payload", "retries", "queue", "timeout"})
+MAX_TIMEOUT = 7 * 24 * 3600.0
+MAX_RETRIES = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """A validated request to run one job."""
+
+    type: str
+    payload: dict[str, Any]
+    retries: int
+    queue: str
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job as a worker received it: the record from Redis plus the delivery that carried it."""
+
+    id: str
+    delivery: str  # the stream entry id; acks name it so a stale holder's ack is refused
+    type: str
+    queue: str
+    payload: dict[str, Any]
+    retries: int
+    attempts: int  # including this one
+    timeout: float
+    enqueued_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What a handler that declares a `ctx` parameter is given."""
+
+    job_id: str
+    type: str
+    queue: str
+    attempt: int
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+def new_id() -> str:
+    """A 32-hex-digit id that sorts by creation time (48 bits of ms, then 80 random bits)."""
+    return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+
+
+def valid_id(job_id: str) -> bool:
+    return len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)
+
+
+def parse_specs(
+    body: Any,
+    known_types: Collection[str],
+    default_retries: int,
+    default_timeout: float,
+    is_queue_name: Callable[[str], bool],
+) -> list[JobSpec]:
+    """Validate a decoded request body: one job object or a non-empty array of them.
+
+    Raises ValidationError naming the field (and the index, for arrays); nothing is partially valid.
+    """
+
+    def one(item: Any, where: str) -> JobSpec:
+        return parse_spec(item, where, known_types, default_retries, default_timeout, is_queue_name)
+
+    if isinstance(body, list):
+        if not body:
+            raise ValidationError("body: expected a job object or a non-empty array of them", 422)
+        return [one(item, f"[{i}].") for i, item in enumerate(body)]
+    return [one(body, "")]
+
+
+def parse_spec(
+    item: Any,
+    where: str,
+    known_types: Collection[str],
+    default_retries: int,
+    default_timeout: float,
+    is_queue_name: Callable[[str], bool],
+) -> JobSpec:
+    def fail(name: str, expected: str, status: int = 422) -> ValidationError:
+        return ValidationError(f"{where}{name}: {expected}", status)
+
+    if not isinstance(item, dict):
+        raise fail("body" if not where else "job", "expected a JSON object with type and payload", 400)
+    fields: dict[str, Any] = {}
+    for key, value in item.items():
+        name = key.lower()
+        if name not in REQUEST_FIELDS:
+            raise fail(key, f"unknown field (expected {', '.join(sorted(REQUEST_FIELDS))})")
+        if name in fields:
+            raise fail(key, "given twice (field names are case-insensitive)")
+        fields[name] = value
+
+    task_type = fields.get("type")
+    if task_type is None:
+        raise fail("type", "required (the task type to run)")
+    if not isinstance(task_type, str) or not task_type:
+        raise fail("type", "expected a non-empty string")
+    if task_type not in known_types:
+        known = ", ".join(sorted(known_types)) or "none loaded"
+        raise fail("type", f"unknown task type {task_type[:100]!r} (known: {known})")
+
+    if "payload" not in fields:
+        raise fail("payload", "required (a JSON object, may be empty)")
+    payload = fields["payload"]
+    if not isinstance(payload, dict):
+        raise fail("payload", "expected a JSON object")
+
+    retries = fields.get("retries", default_retries)
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
+        raise fail("retries", f"expected an integer from 0 to {MAX_RETRIES}")
+
+    queue = fields.get("queue", "default")
+    if not isinstance(queue, str) or not is_queue_name(queue):
+        raise fail("queue", "expected a queue name of letters, digits, '_', '-' or '.' (1-64 characters)")
+
+    timeout = fields.get("timeout", default_timeout)
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not math.isfinite(timeout)
+        or not 0 < timeout <= MAX_TIMEOUT
+    ):
+        raise fail("timeout", f"expected a number of seconds > 0 and <= {MAX_TIMEOUT:.0f}")
+
+    return JobSpec(type=task_type, payload=payload, retries=retries, queue=queue, timeout=float(timeout))
+
+
+def rfc3339(epoch: float | None) -> str | None:
+    """UTC timestamp with milliseconds, e.g. 2026-11-30T14:08:30.123Z; None stays None."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

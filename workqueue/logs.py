@@ -1,0 +1,76 @@
+"""The event log: one JSON object per line in logs.txt, written by one background task.
+
+`emit` only appends to a list, so logging never makes the event loop wait on the disk; the writer
+drains the list in batches through aiofiles and `close` writes whatever is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiofiles
+import orjson
+
+from .job import rfc3339
+
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+class EventLog:
+    def __init__(self, path: str, level: str = "info") -> None:
+        self.path = path
+        self.threshold = LEVELS[level]
+        self.lines: list[bytes] = []
+        self.wakeup = asyncio.Event()
+        self.closing = False
+        self.task: asyncio.Task[None] | None = None
+
+    def emit(self, event: str, level: str = "info", **fields: Any) -> None:
+        """Queue one event; fields that are None are left out."""
+        if LEVELS[level] < self.threshold:
+            return
+        record = {"ts": rfc3339(time.time()), "level": level, "event": event}
+        record.update((k, v) for k, v in fields.items() if v is not None)
+        self.lines.append(orjson.dumps(record, default=str) + b"\n")
+        self.wakeup.set()
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.write_forever(), name="workqueue-log-writer")
+
+    async def write_forever(self) -> None:
+        async with aiofiles.open(self.path, "ab") as f:
+            while True:
+                await self.wakeup.wait()
+                self.wakeup.clear()
+                if self.lines:
+                    batch, self.lines = self.lines, []
+                    try:
+                        await f.write(b"".join(batch))
+                        await f.flush()
+                    except OSError as e:  # a full disk must not stop the jobs
+                        print(f"workqueue: cannot write {self.path}: {e}", file=sys.stderr)
+                if self.closing and not self.lines:
+                    return
+
+    async def close(self) -> None:
+        """Write every queued line, then stop the writer."""
+        self.closing = True
+        self.wakeup.set()
+        if self.task is not None:
+            await self.task
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, fit for a log line."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
