@@ -1,0 +1,53 @@
+"""Task types for the test suite's worker processes.
+
+`record` appends a line to a ledger file outside Redis, so tests can count how many times each job
+really ran (the oracle for "lost" and "run twice").
+"""
+
+import asyncio
+import os
+import time
+
+
+async def echo(payload):
+    return payload
+
+
+async def sleep(payload, ctx):
+    await asyncio.sleep(float(payload.get("seconds", 0.1)))
+    record_run(payload, ctx)
+    return {"slept": payload.get("seconds", 0.1)}
+
+
+async def fail(payload):
+    raise RuntimeError(payload.get("message", "failed on purpose"))
+
+
+async def flaky(payload, ctx):
+    """Fails until attempt `succeed_on`."""
+    if ctx.attempt < int(payload.get("succeed_on", 2)):
+        raise RuntimeError(f"flaky failure on attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}
+
+
+async def record(payload, ctx):
+    record_run(payload, ctx)
+    return {"recorded": ctx.job_id}
+
+
+def block(payload, ctx):
+    """A plain function: the worker runs it in a thread."""
+    time.sleep(float(payload.get("seconds", 0.1)))
+    record_run(payload, ctx)
+    return {"thread": True}
+
+
+def record_run(payload, ctx):
+    ledger = payload.get("ledger")
+    if ledger:
+        # O_APPEND writes of one short line are atomic, so concurrent jobs never interleave.
+        fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, f"{ctx.job_id} {ctx.attempt} {os.getpid()} {time.time():.3f}\n".encode())
+        finally:
+            os.close(fd)
