@@ -161,7 +161,10 @@ def to_int(value: Any) -> int:
     if isinstance(value, int):
         return value
     if isinstance(value, str):
-        return int(value.strip())
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise ValueError("expected an integer") from None
     raise TypeError("expected an integer")
 
 
@@ -171,7 +174,10 @@ def to_float(value: Any) -> float:
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str):
-        return float(value.strip())
+        try:
+            return float(value.strip())
+        except ValueError:
+            raise ValueError("expected a number of seconds") from None
     raise TypeError("expected a number of seconds")
 
 
