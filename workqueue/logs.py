@@ -67,10 +67,12 @@ class EventLog:
 def redact_url(url: str) -> str:
     """The URL with any password replaced, fit for a log line."""
     parts = urlsplit(url)
-    if parts.password is None:
+    query = "&".join(("password=***" if p.split("=", 1)[0].lower() == "password" else p)
+                     for p in parts.query.split("&")) if parts.query else parts.query
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

@@ -66,6 +66,7 @@ class Worker:
         self.consumers: list[asyncio.Task[None]] = []
         self.services: list[asyncio.Task[None]] = []
         self.recorder: asyncio.Task[None] | None = None
+        self.recorder_done = False
 
     async def start(self) -> None:
         for queue in self.queues:
@@ -98,9 +99,13 @@ class Worker:
             self.log.emit("draining", worker=self.name, running=len(busy), grace_s=self.settings.grace_period)
             _, unfinished = await asyncio.wait(busy, timeout=self.settings.grace_period)
             await cancel_all(unfinished)
-        await self.flush_outcomes()
         if self.recorder is not None:
-            await cancel_all([self.recorder])
+            self.recorder_done = True
+            self.outcome_added.set()
+            # It records what is left, then returns; if Redis stays away, give up after one lease:
+            # those jobs are still pending under our name and another worker recovers them.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.recorder, timeout=max(self.settings.lease, 5.0))
         released = 0
         for queue in self.queues:
             try:
@@ -165,12 +170,14 @@ class Worker:
         if task is None:
             known = ", ".join(sorted(self.tasks)) or "none"
             return Outcome(job, "dead", f"unknown task type {job.type!r} at worker {self.name} (loaded: {known})")
+        deadline = asyncio.timeout(job.timeout)
         try:
-            async with asyncio.timeout(job.timeout):
+            async with deadline:
                 result = await self.call(task, job)
             return Outcome(job, "succeeded", orjson.dumps(result).decode())
-        except TimeoutError:
-            error = f"TimeoutError: attempt exceeded its timeout of {job.timeout:g} s"
+        except TimeoutError as e:
+            error = (f"TimeoutError: attempt exceeded its timeout of {job.timeout:g} s" if deadline.expired()
+                     else describe(e))
         except Exception as e:  # one job's failure must never stop the worker
             error = describe(e)
         if job.attempts > job.retries:
@@ -198,6 +205,8 @@ class Worker:
         while True:
             await self.outcome_added.wait()
             await self.flush_outcomes()
+            if self.recorder_done and not self.outcomes:
+                return
 
     async def flush_outcomes(self) -> None:
         """Record every finished attempt; on a Redis outage keep them and try again, so none is lost."""

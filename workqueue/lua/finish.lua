@@ -21,7 +21,7 @@ for i = 5, #KEYS do
     redis.call('XDEL', KEYS[1], delivery)
     if outcome == 'succeeded' then
       redis.call('HSET', job, 'status', 'succeeded', 'finished_at', ARGV[2], 'result', data)
-      redis.call('HDEL', job, 'delivery')
+      redis.call('HDEL', job, 'delivery', 'error')
       redis.call('PEXPIRE', job, ARGV[3])
       done = done + 1
     elseif outcome == 'retry' then
