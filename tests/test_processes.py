@@ -156,6 +156,6 @@ def test_shutdown_signal_finishes_short_jobs_hands_back_long_ones_and_exits_0(
     events = read_log(leaving.log_path)
     assert events[-1]["event"] == "service_stopped"
     stopped = next(e for e in events if e["event"] == "worker_stopped")
-    assert stopped["released"] == 2
+    assert stopped["released"] == 2, events
     # The handed-back jobs start on the other worker at once, not after a lease.
     wait_for(lambda: set(ids[5:]) <= started_jobs(staying), 1.5, "the long jobs to restart elsewhere")

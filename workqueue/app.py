@@ -15,7 +15,7 @@ from .connection import Clients, connect
 from .logs import EventLog, redact_url
 from .plugins import TaskType
 from .producer import LOG, QUEUE, SETTINGS, TASKS, add_routes, auth_middleware, error_middleware
-from .queue import Queue
+from .queue import Queue, Retention
 from .worker import Worker
 
 WORKER = web.AppKey("worker", Worker)
@@ -54,7 +54,8 @@ async def event_log(app: web.Application) -> AsyncIterator[None]:
 async def store(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     clients = connect(settings.redis_url, settings.redis_timeout)
-    app[QUEUE] = Queue(clients.main)
+    app[QUEUE] = Queue(clients.main, Retention(settings.result_ttl, settings.dead_ttl, settings.dead_max,
+                                               settings.idempotency_ttl))
     app[CLIENTS] = clients
     yield
     await clients.close()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .schedule import parse_schedules
 
 ROLES = ("producer", "worker", "both")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -44,8 +45,13 @@ class Settings:
     grace_period: float = 25.0
     result_ttl: float = 24 * 3600.0
     dead_ttl: float = 7 * 24 * 3600.0
+    dead_max: int = 100_000
+    idempotency_ttl: float = 24 * 3600.0
+    max_length: Mapping[str, int] = field(default_factory=dict)
+    priority_fairness: int = 10
     redis_timeout: float = 2.0
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    schedule: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def runs_producer(self) -> bool:
@@ -54,6 +60,15 @@ class Settings:
     @property
     def runs_worker(self) -> bool:
         return self.role in ("worker", "both")
+
+    @property
+    def queue_weights(self) -> list[tuple[str, int]]:
+        """The queues this worker serves with their weights: "high:3" is ("high", 3); plain names weigh 1."""
+        out = []
+        for entry in self.queues:
+            name, _, weight = entry.partition(":")
+            out.append((name, int(weight) if weight else 1))
+        return out
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some values changed, validated like any other source."""
@@ -146,6 +161,14 @@ def convert(name: str, value: Any) -> Any:
             if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
                 raise TypeError("expected a list of strings")
             return tuple(i.strip() for i in items if i.strip())
+        if name == "max_length":
+            if not isinstance(value, Mapping):
+                raise TypeError("expected a table of queue name = maximum number of waiting jobs")
+            return {str(q): to_int(n) for q, n in value.items()}
+        if name == "schedule":
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, Mapping) for v in value):
+                raise TypeError("expected [[schedule]] tables")
+            return tuple(dict(v) for v in value)
         if name == "plugins":
             if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
                 raise TypeError("expected a table of tables, one [plugins.<type>] per task type")
@@ -193,21 +216,28 @@ def check(s: Settings) -> None:
         fail("log_level", "one of " + ", ".join(LOG_LEVELS))
     if not 0 <= s.port <= 65535:
         fail("port", "a TCP port 0-65535")
-    for key in ("concurrency", "max_body_bytes", "max_batch"):
+    for key in ("concurrency", "max_body_bytes", "max_batch", "dead_max", "priority_fairness"):
         if getattr(s, key) < 1:
             fail(key, "an integer >= 1")
     if s.default_retries < 0:
         fail("default_retries", "an integer >= 0")
-    for key in ("default_timeout", "backoff_base", "backoff_max", "lease", "result_ttl", "dead_ttl", "redis_timeout"):
+    for key in ("default_timeout", "backoff_base", "backoff_max", "lease", "result_ttl", "dead_ttl", "idempotency_ttl",
+                "redis_timeout"):
         if not getattr(s, key) > 0:
             fail(key, "a number of seconds > 0")
     if s.grace_period < 0:
         fail("grace_period", "a number of seconds >= 0")
     if not s.queues:
         fail("queues", "at least one queue name")
-    for queue in s.queues:
-        if not valid_queue_name(queue):
-            fail("queues", "names of letters, digits, '_', '-' or '.' (1-64 characters)")
+    for entry in s.queues:
+        queue, _, weight = entry.partition(":")
+        if not valid_queue_name(queue) or (weight and not (weight.isdigit() and 1 <= int(weight) <= 1000)):
+            fail("queues", "queue names of letters, digits, '_', '-' or '.' (1-64 characters), each "
+                 "optionally with a weight from 1 to 1000 as name:weight")
+    for queue, limit in s.max_length.items():
+        if not valid_queue_name(queue) or limit < 1:
+            raise ConfigError(f"max_length.{queue}: expected a queue name = an integer >= 1 (got {limit!r})")
+    parse_schedules(s.schedule)
     if not s.redis_url.startswith(("redis://", "rediss://", "unix://", "memory://")):
         raise ConfigError("redis_url: expected a redis://, rediss://, unix:// or memory:// URL")
     if s.redis_url.startswith("memory://") and s.role != "both":

@@ -4,7 +4,8 @@
     ├── ConfigError         bad or unknown setting; start-up stops (exit 2)
     ├── PluginError         a plugin failed to load or clashes with another; start-up stops
     ├── ValidationError     a request or job is malformed; HTTP 400/413/415/422, nothing enqueued
-    └── StoreUnavailable    Redis cannot be reached right now; HTTP 503 with Retry-After
+    ├── StoreUnavailable    Redis cannot be reached right now; HTTP 503 with Retry-After
+    └── QueueFull           the queue is at its max_length; HTTP 503 with Retry-After
 """
 
 from __future__ import annotations
@@ -32,3 +33,7 @@ class ValidationError(WorkqueueError):
 
 class StoreUnavailable(WorkqueueError):
     """Redis did not answer; the operation had no effect and may be retried."""
+
+
+class QueueFull(WorkqueueError):
+    """A queue is at its configured maximum length; nothing was enqueued."""

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
@@ -33,9 +34,12 @@ WAITING = frozenset({Status.QUEUED, Status.SCHEDULED, Status.RETRYING})
 
 # The fields a request may carry, lower-cased. Anything else is refused so a typo ("retires")
 # is reported instead of silently falling back to a default.
-REQUEST_FIELDS = frozenset({"type", "payload", "retries", "queue", "timeout"})
+REQUEST_FIELDS = frozenset({"type", "payload", "retries", "queue", "timeout", "priority", "delay", "run_at", "key"})
 MAX_TIMEOUT = 7 * 24 * 3600.0
 MAX_RETRIES = 1000
+MAX_DELAY = 366 * 24 * 3600.0
+MAX_PRIORITY = 9
+MAX_KEY_LENGTH = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,10 @@ class JobSpec:
     retries: int
     queue: str
     timeout: float
+    priority: int = 0
+    run_at: float | None = None  # epoch seconds; None starts at once
+    key: str | None = None  # idempotency key
+    key_ttl: float | None = None  # how long the key outlives the job; None: the configured default
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,17 +70,24 @@ class Job:
     attempts: int  # including this one
     timeout: float
     enqueued_at: float
+    level: int = 0  # the priority stream that delivered it (requeued jobs come from the top one)
+    priority: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class JobContext:
-    """What a handler that declares a `ctx` parameter is given."""
+    """What a handler that declares a `ctx` parameter is given.
+
+    `cancelled` is set when the job is cancelled or abandoned (timeout, shutdown): a plain-function
+    handler running in a thread cannot be interrupted, but it can check this and stop early.
+    """
 
     job_id: str
     type: str
     queue: str
     attempt: int
     settings: Mapping[str, Any] = field(default_factory=dict)
+    cancelled: threading.Event = field(default_factory=threading.Event)
 
 
 def new_id() -> str:
@@ -90,9 +105,11 @@ def parse_specs(
     default_retries: int,
     default_timeout: float,
     is_queue_name: Callable[[str], bool],
+    header_key: str | None = None,
 ) -> list[JobSpec]:
     """Validate a decoded request body: one job object or a non-empty array of them.
 
+    `header_key` is the Idempotency-Key header, the same thing as a single job's `key` field.
     Raises ValidationError naming the field (and the index, for arrays); nothing is partially valid.
     """
 
@@ -102,8 +119,16 @@ def parse_specs(
     if isinstance(body, list):
         if not body:
             raise ValidationError("body: expected a job object or a non-empty array of them", 422)
+        if header_key is not None:
+            raise ValidationError("Idempotency-Key: applies to a single job; give each job of an array its own key", 422)
         return [one(item, f"[{i}].") for i, item in enumerate(body)]
-    return [one(body, "")]
+    spec = one(body, "")
+    if header_key is not None:
+        key = check_key(header_key, "Idempotency-Key")
+        if spec.key is not None and spec.key != key:
+            raise ValidationError("key: differs from the Idempotency-Key header", 422)
+        spec = replace(spec, key=key)
+    return [spec]
 
 
 def parse_spec(
@@ -160,7 +185,53 @@ def parse_spec(
     ):
         raise fail("timeout", f"expected a number of seconds > 0 and <= {MAX_TIMEOUT:.0f}")
 
-    return JobSpec(type=task_type, payload=payload, retries=retries, queue=queue, timeout=float(timeout))
+    priority = fields.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
+        raise fail("priority", f"expected an integer from 0 to {MAX_PRIORITY} (higher runs first)")
+
+    run_at = None
+    if "delay" in fields and "run_at" in fields:
+        raise fail("delay", "give either delay or run_at, not both")
+    if "delay" in fields:
+        delay = fields["delay"]
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= MAX_DELAY:
+            raise fail("delay", f"expected a number of seconds from 0 to {MAX_DELAY:.0f}")
+        run_at = time.time() + delay
+    elif "run_at" in fields:
+        run_at = parse_time(fields["run_at"])
+        if run_at is None or run_at > time.time() + MAX_DELAY:
+            raise fail("run_at", "expected an RFC 3339 time with a UTC offset (2026-12-01T09:00:00Z) "
+                       "or epoch seconds, at most a year ahead")
+
+    key = fields.get("key")
+    if key is not None:
+        key = check_key(key, where + "key")
+
+    return JobSpec(type=task_type, payload=payload, retries=retries, queue=queue, timeout=float(timeout),
+                   priority=priority, run_at=run_at, key=key)
+
+
+def check_key(key: Any, name: str) -> str:
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH:
+        raise ValidationError(f"{name}: expected an idempotency key of 1 to {MAX_KEY_LENGTH} characters", 422)
+    return key
+
+
+def parse_time(value: Any) -> float | None:
+    """Epoch seconds from an RFC 3339 string with an offset, or from a number; None if neither."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if math.isfinite(value) and value >= 0 else None
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        if moment.tzinfo is None:
+            return None
+        return moment.timestamp()
+    return None
 
 
 def rfc3339(epoch: float | None) -> str | None:

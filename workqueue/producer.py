@@ -15,11 +15,11 @@ from aiohttp import web
 
 from .config import Settings, valid_queue_name
 from .connection import UNAVAILABLE
-from .errors import StoreUnavailable, ValidationError
-from .job import JobSpec, parse_specs, rfc3339, valid_id
+from .errors import QueueFull, StoreUnavailable, ValidationError
+from .job import parse_specs, rfc3339, valid_id
 from .logs import EventLog
 from .plugins import TaskType
-from .queue import Queue
+from .queue import Enqueued, Queue
 
 SETTINGS = web.AppKey("settings", Settings)
 QUEUE = web.AppKey("queue", Queue)
@@ -46,6 +46,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error(e.status, str(e))
     except (StoreUnavailable, *UNAVAILABLE):
         return error(503, "the job store (Redis) is unavailable; nothing was done, try again", {"Retry-After": "1"})
+    except QueueFull as e:
+        return error(503, str(e), {"Retry-After": "5"})
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -95,20 +97,25 @@ async def enqueue(request: web.Request) -> web.Response:
     body = await read_json(request, settings.max_body_bytes)
     if isinstance(body, list) and len(body) > settings.max_batch:
         raise ValidationError(f"body: at most {settings.max_batch} jobs per request (got {len(body)})", 413)
-    specs = parse_specs(body, request.app[TASKS], settings.default_retries, settings.default_timeout, valid_queue_name)
-    ids = await request.app[QUEUE].enqueue(specs)
+    specs = parse_specs(body, request.app[TASKS], settings.default_retries, settings.default_timeout,
+                        valid_queue_name, request.headers.get("Idempotency-Key"))
+    results = await request.app[QUEUE].enqueue(specs, settings.max_length)
     log = request.app[LOG]
-    answers = []
-    for job_id, spec in zip(ids, specs):
-        log.emit("enqueued", job_id=job_id, type=spec.type, queue=spec.queue, retries=spec.retries)
-        answers.append(accepted(job_id, spec))
+    for done in results:
+        if done.created:
+            log.emit("enqueued", job_id=done.id, type=done.spec.type, queue=done.spec.queue, status=done.status)
     if isinstance(body, list):
-        return json_response(answers, 202)
-    return json_response(answers[0], 202, {"Location": f"/jobs/{ids[0]}"})
+        return json_response([accepted(done) for done in results], 202)
+    (done,) = results
+    # An idempotent repeat answers 200 with the job the key already names; a new job is 202.
+    return json_response(accepted(done), 202 if done.created else 200, {"Location": f"/jobs/{done.id}"})
 
 
-def accepted(job_id: str, spec: JobSpec) -> dict[str, Any]:
-    return {"id": job_id, "status": "queued", "type": spec.type, "queue": spec.queue}
+def accepted(done: Enqueued) -> dict[str, Any]:
+    answer = {"id": done.id, "status": done.status, "type": done.spec.type, "queue": done.spec.queue}
+    if not done.created:
+        answer["duplicate"] = True
+    return answer
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -134,13 +141,90 @@ def present(record: dict[str, str]) -> dict[str, Any]:
         "status": record["status"],
         "attempts": int(record.get("attempts", 0)),
         "retries": int(record.get("retries", 0)),
+        "priority": int(record.get("priority", 0)),
         "enqueued_at": time_of("enqueued_at"),
+        "run_at": time_of("run_at") if record["status"] in ("scheduled", "retrying") else None,
         "started_at": time_of("started_at") if started else None,
         "finished_at": time_of("finished_at"),
         "payload": orjson.loads(record["payload"]),
         "result": orjson.loads(record["result"]) if "result" in record else None,
         "error": record.get("error"),
     }
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    job_id = request.match_info["id"]
+    changed = await request.app[QUEUE].cancel(job_id) if valid_id(job_id) else None
+    if changed is None:
+        return error(404, f"id: no job {job_id[:64]!r} (unknown, or expired after its result TTL)")
+    before, after = changed
+    if before in ("succeeded", "dead", "cancelled"):
+        return error(409, f"id: job {job_id} has already ended ({before}); nothing to cancel")
+    request.app[LOG].emit("cancel_requested", job_id=job_id, previous_status=before)
+    # A running job's handler is stopped by the worker holding it; the job is cancelled either way.
+    return json_response({"id": job_id, "status": after, "previous_status": before})
+
+
+async def list_dead(request: web.Request) -> web.Response:
+    query = request.query
+    queue = query.get("queue") or None
+    if queue is not None and not valid_queue_name(queue):
+        raise ValidationError("queue: expected a queue name", 400)
+    limit = query_int(query.get("limit", "50"), "limit", 1, 1000)
+    cursor = query.get("cursor")
+    before = None
+    if cursor:
+        try:
+            before = float(cursor)
+        except ValueError:
+            raise ValidationError("cursor: expected the next_cursor of a previous page", 400) from None
+    records = await request.app[QUEUE].dead(queue, query.get("type") or None, limit, before)
+    jobs = [present(r) | {"died_at": rfc3339(float(r["died_at"]))} for r in records]
+    next_cursor = records[-1]["died_at"] if len(records) == limit else None
+    return json_response({"jobs": jobs, "next_cursor": next_cursor})
+
+
+def query_int(raw: str, name: str, low: int, high: int) -> int:
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ValidationError(f"{name}: expected an integer from {low} to {high}", 400)
+    return int(raw)
+
+
+async def redrive_one(request: web.Request) -> web.Response:
+    job_id = request.match_info["id"]
+    queue = request.app[QUEUE]
+    where = await queue.locate(job_id) if valid_id(job_id) else None
+    moved = await queue.redrive(where, [job_id]) if where else []
+    if not moved:
+        return error(404, f"id: no dead job {job_id[:64]!r}")
+    request.app[LOG].emit("redriven", job_id=job_id, queue=where)
+    return json_response({"id": job_id, "status": "queued", "queue": where}, 202, {"Location": f"/jobs/{job_id}"})
+
+
+async def redrive_many(request: web.Request) -> web.Response:
+    """Re-drive dead jobs matching ?queue=&type= (all of them by default), up to ?limit= (1000)."""
+    query = request.query
+    queue_name = query.get("queue") or None
+    if queue_name is not None and not valid_queue_name(queue_name):
+        raise ValidationError("queue: expected a queue name", 400)
+    limit = query_int(query.get("limit", "1000"), "limit", 1, 10000)
+    queue = request.app[QUEUE]
+    records = await queue.dead(queue_name, query.get("type") or None, limit, None)
+    by_queue: dict[str, list[str]] = {}
+    for record in records:
+        by_queue.setdefault(record["queue"], []).append(record["id"])
+    moved = [job_id for q, ids in by_queue.items() for job_id in await queue.redrive(q, ids)]
+    request.app[LOG].emit("redriven", jobs=len(moved), queue=queue_name, type=query.get("type"))
+    return json_response({"redriven": len(moved), "ids": moved}, 202)
+
+
+async def drop_dead(request: web.Request) -> web.Response:
+    job_id = request.match_info["id"]
+    queue = request.app[QUEUE]
+    where = await queue.locate(job_id) if valid_id(job_id) else None
+    if where is None or not await queue.drop_dead(where, job_id):
+        return error(404, f"id: no dead job {job_id[:64]!r}")
+    return json_response({"id": job_id, "deleted": True})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -161,6 +245,7 @@ async def metrics(request: web.Request) -> web.Response:
             "jobs_enqueued": total("enqueued"),
             "jobs_retried": total("retried"),
             "jobs_recovered": total("recovered"),
+            "jobs_cancelled": total("cancelled"),
             "queues": per_queue,
         }
     )
@@ -183,5 +268,11 @@ def add_routes(app: web.Application, settings: Settings) -> None:
         app.router.add_post("/enqueue", enqueue)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/jobs/{id}", get_job)
+    app.router.add_post("/jobs/{id}/cancel", cancel_job)
+    app.router.add_delete("/jobs/{id}", cancel_job)
+    app.router.add_get("/dead", list_dead)
+    app.router.add_post("/dead/retry", redrive_many)
+    app.router.add_post("/dead/{id}/retry", redrive_one)
+    app.router.add_delete("/dead/{id}", drop_dead)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -1,22 +1,28 @@
 """The Redis data layer: the only module that knows key names and scripts.
 
-Per queue (all keys share the hash tag `{queue}`, so every script stays in one Redis Cluster slot):
+Per queue (all keys share the hash tag `{q}`, so every script stays in one Redis Cluster slot):
 
-    wq:{q}:stream           Stream of waiting and delivered job ids; consumer group "workers"
+    wq:{q}:stream:<level>   Stream per priority level (0-9) of waiting and delivered job ids;
+                            consumer group "workers"; an entry is deleted once its job is acked
     wq:{q}:job:<id>         Hash: the job record (type, payload, status, attempts, timestamps...)
-    wq:{q}:scheduled        Sorted set: job ids waiting for a retry backoff, by due time (ms)
+    wq:{q}:scheduled        Sorted set: delayed jobs and retry backoffs, by due time (epoch ms)
     wq:{q}:dead             Sorted set: dead job ids, by time of death
-    wq:{q}:stats            Hash: cluster-wide counters (enqueued, done, failed, retried, recovered)
+    wq:{q}:stats            Hash: cluster-wide counters (enqueued, done, failed, retried, ...)
     wq:{q}:worker:<name>    String with a TTL of one lease: the heartbeat of a worker process
+    wq:{q}:cancels          Counter bumped when a running job is cancelled; workers watch it
+    wq:{q}:key:<digest>     String "<job id> <fingerprint>": an idempotency key and its job
+    wq:{q}:schedule:<name>  String: the last tick a periodic schedule enqueued (epoch seconds)
 
-and `wq:queues`, the set of queue names ever used. A job leaves the stream only when a worker
-acknowledges its outcome, so a crashed worker's jobs stay pending under its name until recovered.
+plus `wq:queues`, the set of queue names ever used.
+A job leaves its stream only when a worker acknowledges its outcome, so a crashed worker's jobs
+stay pending under its name until another worker recovers them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -25,10 +31,12 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from .errors import QueueFull, ValidationError
 from .job import Job, JobSpec, new_id
 
 GROUP = "workers"
 QUEUES_KEY = "wq:queues"
+LEVELS = 10  # priorities 0-9, one stream each
 
 
 def key(queue: str, name: str) -> str:
@@ -39,84 +47,145 @@ def job_key(queue: str, job_id: str) -> str:
     return f"wq:{{{queue}}}:job:{job_id}"
 
 
+def streams(queue: str) -> list[str]:
+    """The queue's level streams, lowest priority first."""
+    return [key(queue, f"stream:{level}") for level in range(LEVELS)]
+
+
+def idempotency_key(queue: str, user_key: str) -> str:
+    # Hashed so any client string makes a short, safe key name.
+    return key(queue, "key:" + hashlib.sha256(user_key.encode()).hexdigest()[:40])
+
+
+def fingerprint(spec: JobSpec) -> str:
+    return hashlib.sha256(orjson.dumps([spec.type, spec.payload], option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    id: str
+    status: str  # 'queued' or 'scheduled' (or, for an existing job, whatever it is now)
+    created: bool  # False when an idempotency key named an existing job
+    spec: JobSpec
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """The end of one attempt, to be recorded by `Queue.finish`."""
 
     job: Job
-    kind: str  # 'succeeded', 'retry' or 'dead'
+    kind: str  # 'succeeded', 'retry', 'dead' or 'cancelled'
     data: str  # result JSON, or the error text
     retry_at: float = 0.0  # epoch seconds, for 'retry'
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long finished things are kept, and how much of them."""
+
+    result_ttl: float
+    dead_ttl: float
+    dead_max: int
+    key_ttl: float
 
 
 class Queue:
     """Job storage and delivery on one Redis (or the embedded store)."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, retention: Retention) -> None:
         self.client = client
+        self.retention = retention
         self.scripts = {
             name: client.register_script(resources.files(__package__).joinpath(f"lua/{name}.lua").read_text())
-            for name in ("enqueue", "start", "finish", "promote", "requeue")
+            for name in ("enqueue", "fetch", "finish", "promote", "recover", "cancel", "redrive", "stats")
         }
         self.known_queues: set[str] = set()
 
     async def ensure_queue(self, queue: str) -> None:
-        """Create the queue's consumer group once per process; id 0 so no earlier job is skipped."""
+        """Create the queue's streams and consumer groups once per process (id 0: no job skipped)."""
         if queue in self.known_queues:
             return
-        try:
-            await self.client.xgroup_create(key(queue, "stream"), GROUP, id="0", mkstream=True)
-        except ResponseError as e:
-            if "BUSYGROUP" not in str(e):
-                raise
-        await self.client.sadd(QUEUES_KEY, queue)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for stream in streams(queue):
+                pipe.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            pipe.sadd(QUEUES_KEY, queue)
+            for reply in await pipe.execute(raise_on_error=False):
+                if isinstance(reply, ResponseError) and "BUSYGROUP" not in str(reply):
+                    raise reply
         self.known_queues.add(queue)
+
+    def forget_queues(self) -> None:
+        """After Redis lost its data (a restart without persistence), recreate groups on next use."""
+        self.known_queues.clear()
 
     async def queues(self) -> list[str]:
         names = await self.client.smembers(QUEUES_KEY)
         return sorted(n.decode() for n in names)
 
-    async def enqueue(self, specs: Sequence[JobSpec]) -> list[str]:
-        """Store and publish jobs; each queue's share is one atomic script call. Returns the ids."""
-        ids = [new_id() for _ in specs]
-        now = repr(time.time())
+    # -- producing ----------------------------------------------------------------------------
+
+    async def enqueue(self, specs: Sequence[JobSpec], max_lengths: Mapping[str, int]) -> list[Enqueued]:
+        """Store and publish jobs; each queue's share is one atomic script call.
+
+        Raises ValidationError (409) when an idempotency key names different work, QueueFull when a
+        queue is at its maximum length; either way nothing is enqueued.
+        """
         by_queue: dict[str, list[int]] = {}
         for i, spec in enumerate(specs):
             by_queue.setdefault(spec.queue, []).append(i)
+        if len(by_queue) > 1:
+            # One script per queue (separate cluster slots), so check every queue before writing any.
+            for queue, indexes in by_queue.items():
+                await self.enqueue_queue(queue, [specs[i] for i in indexes], max_lengths.get(queue, 0), dry_run=True)
+        answers: dict[int, Enqueued] = {}
         for queue, indexes in by_queue.items():
-            await self.ensure_queue(queue)
-            args: list[Any] = [queue, now]
-            for i in indexes:
-                s = specs[i]
-                args += [ids[i], s.type, orjson.dumps(s.payload), s.retries, repr(s.timeout)]
-            keys = [key(queue, "stream"), key(queue, "stats")] + [job_key(queue, ids[i]) for i in indexes]
-            await self.scripts["enqueue"](keys=keys, args=args)
-        return ids
+            done = await self.enqueue_queue(queue, [specs[i] for i in indexes], max_lengths.get(queue, 0))
+            answers.update(zip(indexes, done))
+        return [answers[i] for i in range(len(specs))]
 
-    async def fetch(self, client: aioredis.Redis, queue: str, consumer: str, count: int, block_ms: int) -> list[Job]:
-        """Wait up to `block_ms` for up to `count` new deliveries and mark them active.
+    async def enqueue_queue(self, queue: str, specs: list[JobSpec], max_length: int, dry_run: bool = False) -> list[Enqueued]:
+        await self.ensure_queue(queue)
+        ids = [new_id() for _ in specs]
+        now = time.time()
+        args: list[Any] = [queue, max_length, LEVELS, key(queue, ""), "1" if dry_run else "0"]
+        keys = [key(queue, "stats"), key(queue, "scheduled")]
+        for job_id, s in zip(ids, specs):
+            run_at = int(s.run_at * 1000) if s.run_at is not None and s.run_at > now else 0
+            args += [job_id, s.type, orjson.dumps(s.payload), s.retries, repr(s.timeout), s.priority, run_at,
+                     fingerprint(s) if s.key else "", ms(s.key_ttl or 0)]
+            keys += [job_key(queue, job_id), idempotency_key(queue, s.key) if s.key else job_key(queue, job_id)]
+        reply = await self.scripts["enqueue"](keys=keys, args=args)
+        verdict = reply[0].decode()
+        if verdict == "conflict":
+            index, existing = int(reply[1]) - 1, reply[2].decode()
+            raise ValidationError(
+                f"key: idempotency key {specs[index].key!r} already belongs to job {existing}, "
+                "which has a different type or payload", 409)
+        if verdict == "full":
+            raise QueueFull(f"queue {queue!r} is at its maximum length ({max_length}); try again later")
+        rows = reply[1:]
+        return [
+            Enqueued(rows[i * 3].decode(), rows[i * 3 + 1].decode(), bool(int(rows[i * 3 + 2])), spec)
+            for i, spec in enumerate(specs)
+        ]
 
-        `client` is a connection kept for blocking reads, so they never hold up other commands.
-        """
-        reply = await client.xreadgroup(GROUP, consumer, {key(queue, "stream"): ">"}, count=count, block=block_ms)
-        if not reply:
-            return []
-        entries = reply[0][1]
-        deliveries = [entry_id.decode() for entry_id, _ in entries]
-        job_ids = [fields[b"id"].decode() for _, fields in entries]
-        rows = await self.scripts["start"](
-            keys=[key(queue, "stream")] + [job_key(queue, j) for j in job_ids],
-            args=[GROUP, consumer, repr(time.time())] + deliveries,
+    # -- consuming ----------------------------------------------------------------------------
+
+    async def fetch(self, queue: str, consumer: str, count: int, lowest_first: bool = False) -> tuple[list[Job], list[str]]:
+        """Deliver up to `count` waiting jobs, highest priority first (lowest first when asked, so
+        low priorities are never starved for good). Returns (jobs, cursors for `wait`)."""
+        order = streams(queue) if lowest_first else streams(queue)[::-1]
+        jobs_flat, cursors = await self.scripts["fetch"](
+            keys=order, args=[GROUP, consumer, count, key(queue, "")]
         )
         jobs = []
-        for job_id, delivery, row in zip(job_ids, deliveries, rows):
-            if row is None:
-                continue
-            task_type, payload, retries, attempts, timeout, enqueued_at = row
+        for i in range(0, len(jobs_flat), 10):
+            job_id, delivery, level, task_type, payload, retries, attempts, timeout, enqueued_at, priority = jobs_flat[i : i + 10]
             jobs.append(
                 Job(
-                    id=job_id,
-                    delivery=delivery,
+                    id=job_id.decode(),
+                    delivery=delivery.decode(),
+                    level=int(level),
                     type=task_type.decode(),
                     queue=queue,
                     payload=orjson.loads(payload),
@@ -124,97 +193,192 @@ class Queue:
                     attempts=int(attempts),
                     timeout=float(timeout),
                     enqueued_at=float(enqueued_at),
+                    priority=int(priority or 0),
                 )
             )
-        return jobs
+        return jobs, [c.decode() for c in cursors] if not jobs else []
 
-    async def finish(self, outcomes: Sequence[Outcome], result_ttl: float, dead_ttl: float) -> list[bool]:
+    async def wait(self, client: aioredis.Redis, queue: str, cursors: list[str], block_ms: int) -> None:
+        """Block until an entry newer than the cursors appears on one of the queue's streams.
+
+        A plain XREAD only watches, it delivers nothing, so cancelling it can never strand a job.
+        """
+        order = streams(queue)[::-1]
+        await client.xread(dict(zip(order, cursors)), count=1, block=block_ms)
+
+    async def finish(self, outcomes: Sequence[Outcome]) -> list[int]:
         """Record outcomes and ack their deliveries, one script call per queue.
 
-        Returns, in order, whether each was recorded; False means the delivery had been taken
-        from this worker (recovered after its heartbeat lapsed) and the outcome was refused.
+        Returns per outcome 1 (recorded), 2 (the job had been cancelled: acknowledged, result
+        discarded) or 0 (the delivery had been taken from this worker: outcome refused).
         """
-        recorded: dict[int, bool] = {}
+        r = self.retention
+        recorded: dict[int, int] = {}
         by_queue: dict[str, list[int]] = {}
         for i, outcome in enumerate(outcomes):
             by_queue.setdefault(outcome.job.queue, []).append(i)
-        now = repr(time.time())
         for queue, indexes in by_queue.items():
-            args: list[Any] = [GROUP, now, int(result_ttl * 1000), int(dead_ttl * 1000)]
-            keys = [key(queue, n) for n in ("stream", "stats", "scheduled", "dead")]
+            args: list[Any] = [GROUP, ms(r.result_ttl), ms(r.dead_ttl), r.dead_max, ms(r.key_ttl), key(queue, "job:")]
+            keys = [key(queue, "stats"), key(queue, "scheduled"), key(queue, "dead")]
             for i in indexes:
                 o = outcomes[i]
-                args += [o.job.id, o.job.delivery, o.kind, o.data, int(o.retry_at * 1000)]
-                keys.append(job_key(queue, o.job.id))
+                args += [o.job.id, o.job.delivery, o.kind, o.data, ms(o.retry_at)]
+                keys += [job_key(queue, o.job.id), key(queue, f"stream:{o.job.level}")]
             flags = await self.scripts["finish"](keys=keys, args=args)
-            recorded.update({i: bool(flag) for i, flag in zip(indexes, flags)})
+            recorded.update(zip(indexes, (int(f) for f in flags)))
         return [recorded[i] for i in range(len(outcomes))]
 
-    async def promote(self, queue: str, limit: int = 500) -> tuple[int, float | None]:
-        """Move due retries onto the stream. Returns (moved, epoch seconds of the next one or None)."""
+    async def promote(self, queue: str, limit: int = 1000) -> tuple[int, float | None]:
+        """Move due delayed jobs and retries onto their streams.
+
+        Returns (moved, epoch seconds of the next scheduled job or None)."""
         moved, next_ms = await self.scripts["promote"](
-            keys=[key(queue, "scheduled"), key(queue, "stream")],
-            args=[int(time.time() * 1000), limit, key(queue, "job:")],
+            keys=[key(queue, "scheduled")], args=[int(time.time() * 1000), limit, key(queue, "")]
         )
         next_due = float(next_ms)
         return int(moved), (next_due / 1000 if next_due >= 0 else None)
 
+    # -- leases -------------------------------------------------------------------------------
+
     async def heartbeat(self, queues: Iterable[str], consumer: str, lease: float) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
             for queue in queues:
-                pipe.set(key(queue, f"worker:{consumer}"), "1", px=int(lease * 1000))
+                pipe.set(key(queue, f"worker:{consumer}"), "1", px=ms(lease))
             await pipe.execute()
 
     async def forget_worker(self, queues: Iterable[str], consumer: str) -> None:
         await self.client.delete(*(key(q, f"worker:{consumer}") for q in queues))
 
-    async def requeue(self, queue: str, consumer: str, *, only_if_dead: bool, limit: int = 1000) -> int:
-        """Put `consumer`'s unfinished deliveries back on the stream.
-
-        With only_if_dead, nothing happens (returns -1) while the consumer's heartbeat exists.
-        """
-        moved = await self.scripts["requeue"](
-            keys=[key(queue, "stream"), key(queue, "stats"), key(queue, f"worker:{consumer}")],
-            args=[GROUP, consumer, key(queue, "job:"), limit, "recovered" if only_if_dead else "released",
-                  "1" if only_if_dead else "0"],
+    async def recover(self, queue: str, me: str, release: bool = False, limit: int = 1000) -> tuple[int, list[str]]:
+        """Requeue unfinished deliveries: of every worker whose heartbeat expired (the reaper), or,
+        with release, this worker's own (graceful shutdown). Returns (moved, reaped worker names)."""
+        reply = await self.scripts["recover"](
+            keys=[*streams(queue), key(queue, "stats")],
+            args=[GROUP, me, key(queue, ""), limit, "release" if release else "reap"],
         )
-        return int(moved)
+        return int(reply[0]), [n.decode() for n in reply[1:]]
 
-    async def consumers(self, queue: str) -> list[str]:
-        """Names of the consumers that hold deliveries on `queue`."""
-        info = await self.client.xinfo_consumers(key(queue, "stream"), GROUP)
-        return [c["name"].decode() if isinstance(c["name"], bytes) else c["name"] for c in info]
+    # -- control ------------------------------------------------------------------------------
 
-    async def get_job(self, job_id: str) -> dict[str, Any] | None:
-        """The job record from whichever known queue holds it, decoded; None if unknown."""
-        for queue in await self.queues():
-            raw = await self.client.hgetall(job_key(queue, job_id))
-            if raw:
-                return {k.decode(): v.decode() for k, v in raw.items()}
-        return None
-
-    async def stats(self) -> dict[str, dict[str, int]]:
-        """Per queue: waiting, active, scheduled and dead counts plus the cumulative counters."""
+    async def locate(self, job_id: str) -> str | None:
+        """The queue holding the job, or None."""
         queues = await self.queues()
         async with self.client.pipeline(transaction=False) as pipe:
             for queue in queues:
-                pipe.xlen(key(queue, "stream"))
-                pipe.xpending(key(queue, "stream"), GROUP)
-                pipe.zcard(key(queue, "scheduled"))
-                pipe.zcard(key(queue, "dead"))
-                pipe.hgetall(key(queue, "stats"))
-            replies = await pipe.execute(raise_on_error=False)
+                pipe.exists(job_key(queue, job_id))
+            found = await pipe.execute()
+        return next((q for q, n in zip(queues, found) if n), None)
+
+    async def get_job(self, job_id: str) -> dict[str, Any] | None:
+        """The job record, decoded; None if unknown (or expired)."""
+        queue = await self.locate(job_id)
+        if queue is None:
+            return None
+        raw = await self.client.hgetall(job_key(queue, job_id))
+        return {k.decode(): v.decode() for k, v in raw.items()} or None
+
+    async def cancel(self, job_id: str) -> tuple[str, str] | None:
+        """Cancel a job. Returns (previous status, status now), or None for an unknown job."""
+        queue = await self.locate(job_id)
+        if queue is None:
+            return None
+        r = self.retention
+        before, after = await self.scripts["cancel"](
+            keys=[job_key(queue, job_id), key(queue, "scheduled"), key(queue, "stats")],
+            args=[ms(r.result_ttl), ms(r.key_ttl), key(queue, ""), job_id],
+        )
+        if before is None:
+            return None
+        return before.decode(), after.decode()
+
+    async def cancel_counters(self, queues: Sequence[str]) -> list[int]:
+        """How many running jobs have been cancelled on each queue, ever: a cheap thing to watch."""
+        values = await self.client.mget([key(q, "cancels") for q in queues]) if len(queues) == 1 else [
+            await self.client.get(key(q, "cancels")) for q in queues]  # separate slots in a cluster
+        return [int(v or 0) for v in values]
+
+    async def statuses(self, jobs: Iterable[Job]) -> list[str | None]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                pipe.hget(job_key(job.queue, job.id), "status")
+            return [s.decode() if s else None for s in await pipe.execute()]
+
+    async def last_tick(self, queue: str, schedule: str) -> float | None:
+        value = await self.client.get(key(queue, f"schedule:{schedule}"))
+        return float(value) if value is not None else None
+
+    async def set_last_tick(self, queue: str, schedule: str, tick: float) -> None:
+        await self.client.set(key(queue, f"schedule:{schedule}"), repr(tick))
+
+    # -- dead letters -------------------------------------------------------------------------
+
+    async def dead(self, queue: str | None, task_type: str | None, limit: int, before: float | None) -> list[dict[str, str]]:
+        """Dead job records, most recent death first, that died before `before` (a cursor)."""
+        queues = [queue] if queue else await self.queues()
+        found: list[tuple[float, str, str]] = []
+        for q in queues:
+            top = f"({before}" if before is not None else "+inf"
+            # Type filtering happens on the records, so read more than `limit` ids per step.
+            offset = 0
+            while True:
+                page = await self.client.zrevrangebyscore(key(q, "dead"), top, "-inf", start=offset, num=limit * 4,
+                                                          withscores=True)
+                offset += len(page)
+                if task_type is None:
+                    found += [(score, q, member.decode()) for member, score in page]
+                else:
+                    kinds = await self.types(q, [m.decode() for m, _ in page])
+                    found += [(s, q, m.decode()) for (m, s), t in zip(page, kinds) if t == task_type]
+                if len(page) < limit * 4 or sum(1 for f in found if f[1] == q) >= limit:
+                    break
+        found.sort(reverse=True)
+        records = []
+        for score, q, job_id in found[:limit]:
+            raw = await self.client.hgetall(job_key(q, job_id))
+            if raw:
+                record = {k.decode(): v.decode() for k, v in raw.items()}
+                record["died_at"] = repr(score)
+                records.append(record)
+        return records
+
+    async def types(self, queue: str, ids: list[str]) -> list[str | None]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(job_key(queue, job_id), "type")
+            return [t.decode() if t else None for t in await pipe.execute()]
+
+    async def redrive(self, queue: str, ids: Sequence[str]) -> list[str]:
+        """Send dead jobs back to their queue with a fresh set of attempts. Returns the ids moved."""
+        if not ids:
+            return []
+        moved = await self.scripts["redrive"](
+            keys=[key(queue, "dead"), key(queue, "stats")], args=[key(queue, ""), *ids]
+        )
+        return [m.decode() for m in moved]
+
+    async def drop_dead(self, queue: str, job_id: str) -> bool:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.zrem(key(queue, "dead"), job_id)
+            pipe.delete(job_key(queue, job_id))
+            removed, _ = await pipe.execute()
+        return bool(removed)
+
+    # -- numbers ------------------------------------------------------------------------------
+
+    async def stats(self) -> dict[str, dict[str, int]]:
+        """Per queue: waiting, active, scheduled and dead counts plus the cumulative counters."""
         out = {}
-        for i, queue in enumerate(queues):
-            length, pending, scheduled, dead, counters = replies[i * 5 : i * 5 + 5]
-            active = pending["pending"] if isinstance(pending, dict) else 0
-            row = {
-                "waiting": max(0, length - active) if isinstance(length, int) else 0,
-                "active": active,
-                "scheduled": scheduled if isinstance(scheduled, int) else 0,
-                "dead": dead if isinstance(dead, int) else 0,
-            }
-            for field in ("enqueued", "done", "failed", "retried", "recovered", "released"):
-                row[field] = int(counters.get(field.encode(), 0)) if isinstance(counters, dict) else 0
+        for queue in await self.queues():
+            reply = await self.scripts["stats"](
+                keys=[*streams(queue), key(queue, "scheduled"), key(queue, "dead"), key(queue, "stats")], args=[GROUP]
+            )
+            row = dict(zip(("waiting", "active", "scheduled", "dead"), (int(v) for v in reply[:4])))
+            counters = {reply[i].decode(): int(reply[i + 1]) for i in range(4, len(reply), 2)}
+            for field in ("enqueued", "done", "failed", "retried", "recovered", "released", "cancelled", "redriven"):
+                row[field] = counters.get(field, 0)
             out[queue] = row
         return out
+
+
+def ms(seconds: float) -> int:
+    return int(seconds * 1000)

@@ -1,12 +1,15 @@
 """The worker role: fetch jobs in batches, run them on N consumer coroutines, record outcomes.
 
 Tasks of one worker process:
-    fetcher (one per queue)   reserves free slots, XREADGROUP up to that many, hands jobs to consumers
+    fetcher                   reserves free slots, fetches up to that many jobs from the queues in
+                              weighted order, and when there are none waits on XREAD (no polling)
     consumer x concurrency    runs one job at a time; plain-function handlers go to a thread
     recorder                  records finished attempts in batches (one script call per queue)
-    heartbeat                 renews this process's lease; while it lives, its jobs are its own
+    heartbeat                 renews this process's lease, and checks for cancelled running jobs
     reaper                    requeues the jobs of workers whose lease expired (crash recovery)
-    promoter (one per queue)  moves retries whose backoff has elapsed back onto the stream
+    promoter (one per queue)  moves delayed jobs and retries whose time has come onto the queue
+    cancel watcher            cancels running jobs whose cancellation was requested
+    scheduler                 enqueues periodic jobs, once per tick across all workers
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
+from redis.exceptions import ResponseError
 
 from .config import Settings
 from .connection import BLOCK_MS, UNAVAILABLE, Clients
@@ -31,42 +35,44 @@ from .job import Job, JobContext
 from .logs import EventLog
 from .plugins import TaskType
 from .queue import Outcome, Queue
+from .schedule import Scheduler, parse_schedules
 
-# How often the promoter looks for due retries when it knows of none sooner.
-PROMOTE_INTERVAL = 0.05
+# How often a promoter looks for due jobs when it knows of none sooner. Another process may add an
+# earlier one at any time, so this bounds how late a delayed job can start.
+PROMOTE_INTERVAL = 0.02
 # How long to wait before trying Redis again after it failed.
 REDIS_PAUSE = 0.5
+# How often the cancel counters are read: the delay before a running job's handler is cancelled.
+CANCEL_CHECK_INTERVAL = 0.2
 
 
 class Worker:
-    def __init__(
-        self,
-        settings: Settings,
-        queue: Queue,
-        clients: Clients,
-        tasks: dict[str, TaskType],
-        log: EventLog,
-    ) -> None:
+    def __init__(self, settings: Settings, queue: Queue, clients: Clients, tasks: dict[str, TaskType],
+                 log: EventLog) -> None:
         self.settings = settings
         self.queue = queue
         self.clients = clients
         self.tasks = tasks
         self.log = log
         self.name = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
-        self.queues = settings.queues
+        self.weights = settings.queue_weights
+        self.queues = [q for q, _ in self.weights]
         self.free = settings.concurrency  # slots neither running nor reserved by a fetch
         self.slot_freed = asyncio.Condition()
         self.ready: asyncio.Queue[Job] = asyncio.Queue()
         self.outcomes: list[tuple[Outcome, float, float]] = []  # with start and finish times
         self.outcome_added = asyncio.Event()
-        self.stopping = False
-        self.busy: set[asyncio.Task[None]] = set()  # consumers running a job right now
-        self.executor = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="workqueue-job")
-        self.fetchers: list[asyncio.Task[None]] = []
-        self.consumers: list[asyncio.Task[None]] = []
-        self.services: list[asyncio.Task[None]] = []
-        self.recorder: asyncio.Task[None] | None = None
+        self.stopping = False  # no more fetching
+        self.closing = False  # background services end too (after the hand-back)
         self.recorder_done = False
+        self.busy: set[asyncio.Task[None]] = set()  # consumers running a job right now
+        self.running: dict[str, tuple[Job, asyncio.Task[Outcome], JobContext]] = {}
+        self.cancel_requested: set[str] = set()
+        self.executor = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="workqueue-job")
+        self.fetcher: asyncio.Task[None] | None = None
+        self.consumers: list[asyncio.Task[None]] = []
+        self.services: list[asyncio.Task[Any]] = []
+        self.recorder: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         for queue in self.queues:
@@ -76,21 +82,30 @@ class Worker:
         self.services = [
             asyncio.create_task(self.keep_alive(), name="workqueue-heartbeat"),
             asyncio.create_task(self.reap_forever(), name="workqueue-reaper"),
-        ] + [asyncio.create_task(self.promote_forever(q), name=f"workqueue-promoter-{q}") for q in self.queues]
+            asyncio.create_task(self.watch_cancels(), name="workqueue-cancel-watcher"),
+            *(asyncio.create_task(self.promote_forever(q), name=f"workqueue-promoter-{q}") for q in self.queues),
+        ]
+        schedules = parse_schedules(self.settings.schedule)
+        if schedules:
+            scheduler = Scheduler(schedules, self.queue, self.log, self.settings.default_retries,
+                                  self.settings.default_timeout)
+            self.services.append(asyncio.create_task(scheduler.run(), name="workqueue-scheduler"))
         self.recorder = asyncio.create_task(self.record_forever(), name="workqueue-recorder")
         self.consumers = [
             asyncio.create_task(self.consume_forever(), name=f"workqueue-consumer-{i}")
             for i in range(self.settings.concurrency)
         ]
-        self.fetchers = [asyncio.create_task(self.fetch_forever(q), name=f"workqueue-fetcher-{q}") for q in self.queues]
-        self.log.emit("worker_started", worker=self.name, queues=list(self.queues), concurrency=self.settings.concurrency)
+        self.fetcher = asyncio.create_task(self.fetch_forever(), name="workqueue-fetcher")
+        self.log.emit("worker_started", worker=self.name, queues=list(self.settings.queues),
+                      concurrency=self.settings.concurrency)
 
     async def stop(self) -> None:
         """Graceful shutdown: stop fetching, let running jobs finish within the grace period, hand
         back the rest so another worker starts them at once."""
         self.stopping = True
-        await cancel_all(self.fetchers)
-        # Jobs fetched but not started are still pending under our name: the requeue below returns them.
+        if self.fetcher is not None:
+            await cancel_all([self.fetcher])
+        # Jobs fetched but not started are still pending under our name: the release below returns them.
         while not self.ready.empty():
             self.ready.get_nowait()
         await cancel_all(c for c in self.consumers if c not in self.busy)
@@ -98,6 +113,8 @@ class Worker:
         if busy:
             self.log.emit("draining", worker=self.name, running=len(busy), grace_s=self.settings.grace_period)
             _, unfinished = await asyncio.wait(busy, timeout=self.settings.grace_period)
+            for _, _, ctx in self.running.values():
+                ctx.cancelled.set()
             await cancel_all(unfinished)
         if self.recorder is not None:
             self.recorder_done = True
@@ -109,9 +126,10 @@ class Worker:
         released = 0
         for queue in self.queues:
             try:
-                released += max(0, await self.queue.requeue(queue, self.name, only_if_dead=False))
+                released += (await self.queue.recover(queue, self.name, release=True))[0]
             except UNAVAILABLE as e:
                 self.log.emit("release_failed", "error", worker=self.name, queue=queue, error=str(e))
+        self.closing = True
         await cancel_all(self.services)
         with contextlib.suppress(*UNAVAILABLE):
             await self.queue.forget_worker(self.queues, self.name)
@@ -121,21 +139,55 @@ class Worker:
 
     # -- fetching -----------------------------------------------------------------------------
 
-    async def fetch_forever(self, queue: str) -> None:
-        while True:
+    async def fetch_forever(self) -> None:
+        rounds = 0
+        while not self.stopping:
             async with self.slot_freed:
                 await self.slot_freed.wait_for(lambda: self.free > 0)
                 count, self.free = self.free, 0
-            jobs: list[Job] = []
+            rounds += 1
+            # Every `priority_fairness`-th round reads the lowest priority first: under a flood of
+            # high-priority work, low priorities still get a share instead of starving.
+            lowest_first = rounds % self.settings.priority_fairness == 0
+            fetched, cursors = 0, {}
             try:
-                jobs = await self.queue.fetch(self.clients.blocking, queue, self.name, count, BLOCK_MS)
+                for queue in self.weighted_order():
+                    if fetched == count:
+                        break
+                    jobs, cursors[queue] = await self.queue.fetch(queue, self.name, count - fetched, lowest_first)
+                    fetched += len(jobs)
+                    for job in jobs:
+                        self.ready.put_nowait(job)
             except UNAVAILABLE as e:
-                self.log.emit("redis_unavailable", "warning", worker=self.name, queue=queue, error=str(e))
-                await asyncio.sleep(REDIS_PAUSE)
+                await self.on_redis_error(e)
+                continue
+            except ResponseError as e:
+                await self.on_lost_groups(e)
+                continue
             finally:
-                await self.release_slots(count - len(jobs))
-            for job in jobs:
-                self.ready.put_nowait(job)
+                await self.release_slots(count - fetched)
+            if fetched == 0:
+                await self.wait_for_work(cursors)
+
+    def weighted_order(self) -> list[str]:
+        """Queues in a random order where each comes first with probability weight / total weight."""
+        if len(self.weights) == 1:
+            return self.queues
+        keyed = [(random.random() ** (1.0 / weight), name) for name, weight in self.weights]
+        return [name for _, name in sorted(keyed, reverse=True)]
+
+    async def wait_for_work(self, cursors: dict[str, list[str]]) -> None:
+        waits = [asyncio.create_task(self.queue.wait(self.clients.blocking, q, c, BLOCK_MS))
+                 for q, c in cursors.items() if c]
+        if not waits:
+            return
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if isinstance(task.exception(), UNAVAILABLE):
+                    await self.on_redis_error(task.exception())  # type: ignore[arg-type]
+        finally:
+            await cancel_all(waits)  # they only watch, so cutting them short loses nothing
 
     async def release_slots(self, n: int) -> None:
         if n:
@@ -152,18 +204,27 @@ class Worker:
             job = await self.ready.get()
             self.busy.add(me)
             started = time.time()
+            ctx = JobContext(job.id, job.type, job.queue, job.attempts, self.settings.plugins.get(job.type, {}))
+            attempt = asyncio.create_task(self.run(job, ctx))
+            self.running[job.id] = (job, attempt, ctx)
             try:
-                outcome = await self.run(job)
+                outcome = await attempt
+            except asyncio.CancelledError:
+                if me.cancelling() or job.id not in self.cancel_requested:
+                    raise  # this worker is stopping: the job is handed back
+                outcome = Outcome(job, "cancelled", "cancelled on request while running")
             finally:
                 self.busy.discard(me)
+                self.running.pop(job.id, None)
+                self.cancel_requested.discard(job.id)
             self.outcomes.append((outcome, started, time.time()))
             self.outcome_added.set()
             if self.stopping:
                 return
             await self.release_slots(1)
 
-    async def run(self, job: Job) -> Outcome:
-        """One attempt. Returns its outcome; never raises except when this process cancels it."""
+    async def run(self, job: Job, ctx: JobContext) -> Outcome:
+        """One attempt. Returns its outcome; raises only when cancelled."""
         self.log.emit("started", job_id=job.id, type=job.type, queue=job.queue, attempt=job.attempts,
                       wait_ms=round((time.time() - job.enqueued_at) * 1000, 1))
         task = self.tasks.get(job.type)
@@ -173,21 +234,23 @@ class Worker:
         deadline = asyncio.timeout(job.timeout)
         try:
             async with deadline:
-                result = await self.call(task, job)
+                result = await self.call(task, job, ctx)
             return Outcome(job, "succeeded", orjson.dumps(result).decode())
         except TimeoutError as e:
+            ctx.cancelled.set()
             error = (f"TimeoutError: attempt exceeded its timeout of {job.timeout:g} s" if deadline.expired()
                      else describe(e))
         except Exception as e:  # one job's failure must never stop the worker
             error = describe(e)
+        except asyncio.CancelledError:
+            ctx.cancelled.set()
+            raise
         if job.attempts > job.retries:
             return Outcome(job, "dead", error)
         return Outcome(job, "retry", error, retry_at=time.time() + self.backoff(job.attempts))
 
-    def call(self, task: TaskType, job: Job) -> Awaitable[Any]:
-        kwargs: dict[str, Any] = {}
-        if task.wants_context:
-            kwargs["ctx"] = JobContext(job.id, job.type, job.queue, job.attempts, self.settings.plugins.get(job.type, {}))
+    def call(self, task: TaskType, job: Job, ctx: JobContext) -> Awaitable[Any]:
+        kwargs: dict[str, Any] = {"ctx": ctx} if task.wants_context else {}
         if task.is_coroutine:
             return task.handler(job.payload, **kwargs)  # type: ignore[no-any-return]
         loop = asyncio.get_running_loop()
@@ -198,6 +261,31 @@ class Worker:
         failed together spread out instead of returning as a herd."""
         ceiling = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (attempts - 1))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    # -- cancelling ---------------------------------------------------------------------------
+
+    def cancel_running(self, job_id: str) -> None:
+        held = self.running.get(job_id)
+        if held is not None and job_id not in self.cancel_requested:
+            self.cancel_requested.add(job_id)
+            held[2].cancelled.set()
+            held[1].cancel()
+
+    async def watch_cancels(self) -> None:
+        """Poll the queues' cancel counters (one cheap read); when one moves, look at our jobs."""
+        seen: list[int] | None = None
+
+        async def look() -> None:
+            nonlocal seen
+            counters = await self.queue.cancel_counters(self.queues)
+            if counters != seen and self.running:
+                held = [job for job, _, _ in self.running.values()]
+                for job, status in zip(held, await self.queue.statuses(held)):
+                    if status == "cancelled":
+                        self.cancel_running(job.id)
+            seen = counters
+
+        await self.every(CANCEL_CHECK_INTERVAL, look)
 
     # -- recording outcomes -------------------------------------------------------------------
 
@@ -214,25 +302,24 @@ class Worker:
             self.outcome_added.clear()
             batch, self.outcomes = self.outcomes, []
             try:
-                recorded = await self.queue.finish([o for o, _, _ in batch], self.settings.result_ttl,
-                                                   self.settings.dead_ttl)
+                recorded = await self.queue.finish([o for o, _, _ in batch])
             except UNAVAILABLE as e:
                 self.outcomes = batch + self.outcomes
-                self.log.emit("redis_unavailable", "warning", worker=self.name, error=str(e))
-                await asyncio.sleep(REDIS_PAUSE)
+                await self.on_redis_error(e)
                 continue
-            for (outcome, started, finished), ok in zip(batch, recorded):
-                self.log_outcome(outcome, started, finished, ok)
+            for (outcome, started, finished), verdict in zip(batch, recorded):
+                self.log_outcome(outcome, started, finished, verdict)
 
-    def log_outcome(self, outcome: Outcome, started: float, finished: float, recorded: bool) -> None:
+    def log_outcome(self, outcome: Outcome, started: float, finished: float, verdict: int) -> None:
         job = outcome.job
         fields: dict[str, Any] = {"job_id": job.id, "type": job.type, "queue": job.queue, "attempt": job.attempts,
                                   "duration_ms": round((finished - started) * 1000, 1)}
-        if not recorded:
+        if verdict == 0:
             self.log.emit("stale_outcome_refused", "warning", **fields,
                           error="the job was recovered by another worker while this one held it")
-            return
-        if outcome.kind == "succeeded":
+        elif verdict == 2 or outcome.kind == "cancelled":
+            self.log.emit("cancelled", **fields)
+        elif outcome.kind == "succeeded":
             self.log.emit("succeeded", **fields)
         elif outcome.kind == "retry":
             self.log.emit("retrying", "warning", **fields, error=outcome.data,
@@ -240,26 +327,24 @@ class Worker:
         else:
             self.log.emit("dead", "error", **fields, error=outcome.data)
 
-    # -- leases -------------------------------------------------------------------------------
+    # -- leases, recovery, scheduled jobs -----------------------------------------------------
 
     async def keep_alive(self) -> None:
-        await every(self.settings.lease / 3, lambda: self.queue.heartbeat(self.queues, self.name, self.settings.lease),
-                    self.on_redis_error)
+        await self.every(self.settings.lease / 3,
+                         lambda: self.queue.heartbeat(self.queues, self.name, self.settings.lease))
 
     async def reap_forever(self) -> None:
-        await every(max(self.settings.lease / 4, 0.1), self.reap, self.on_redis_error)
+        await self.every(max(self.settings.lease / 4, 0.1), self.reap)
 
     async def reap(self) -> None:
         for queue in self.queues:
-            for consumer in await self.queue.consumers(queue):
-                if consumer == self.name:
-                    continue
-                moved = await self.queue.requeue(queue, consumer, only_if_dead=True)
-                if moved > 0:
-                    self.log.emit("recovered", "warning", queue=queue, worker=self.name, dead_worker=consumer, jobs=moved)
+            moved, dead_workers = await self.queue.recover(queue, self.name)
+            if moved:
+                self.log.emit("recovered", "warning", queue=queue, worker=self.name, dead_workers=dead_workers,
+                              jobs=moved)
 
     async def promote_forever(self, queue: str) -> None:
-        while True:
+        while not self.closing:
             try:
                 _, next_due = await self.queue.promote(queue)
                 wait = PROMOTE_INTERVAL if next_due is None else min(PROMOTE_INTERVAL, next_due - time.time())
@@ -267,26 +352,42 @@ class Worker:
             except UNAVAILABLE as e:
                 await self.on_redis_error(e)
 
+    async def every(self, interval: float, action: Callable[[], Awaitable[Any]]) -> None:
+        # `closing` as well as cancellation ends these loops: redis-py can swallow a cancellation
+        # that lands mid-command, and a loop must not outlive its worker because of it. (The
+        # heartbeat in particular must go on while running jobs drain, or they would be reaped.)
+        while not self.closing:
+            try:
+                await action()
+            except UNAVAILABLE as e:
+                await self.on_redis_error(e)
+            await asyncio.sleep(interval)
+
     async def on_redis_error(self, e: BaseException) -> None:
         self.log.emit("redis_unavailable", "warning", worker=self.name, error=str(e))
         await asyncio.sleep(REDIS_PAUSE)
 
-
-async def every(interval: float, action: Callable[[], Awaitable[Any]],
-                on_error: Callable[[BaseException], Awaitable[None]]) -> None:
-    while True:
-        try:
-            await action()
-        except UNAVAILABLE as e:
-            await on_error(e)
-        await asyncio.sleep(interval)
+    async def on_lost_groups(self, e: ResponseError) -> None:
+        """Redis lost its data (restarted without persistence): recreate streams and groups."""
+        if "NOGROUP" not in str(e):
+            raise e
+        self.log.emit("queues_recreated", "warning", worker=self.name, error=str(e))
+        self.queue.forget_queues()
+        for queue in self.queues:
+            await self.queue.ensure_queue(queue)
 
 
 async def cancel_all(tasks: Any) -> None:
-    tasks = list(tasks)
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    """Cancel tasks and wait until they are done.
+
+    Cancels again until they are: on Python 3.11, redis-py's connection check runs inside
+    `asyncio.timeout(0)`, and a cancellation that lands in that window is swallowed.
+    """
+    pending = set(tasks)
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.05)
 
 
 def describe(e: BaseException) -> str:

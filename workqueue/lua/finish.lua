@@ -1,49 +1,77 @@
 -- Record the outcome of finished attempts and acknowledge their deliveries, in one step, so a
 -- counter can never disagree with the job records.
--- KEYS[1] stream, KEYS[2] stats hash, KEYS[3] scheduled zset, KEYS[4] dead zset,
---   KEYS[5..] one job hash per outcome
--- ARGV[1] consumer group, ARGV[2] now (epoch seconds), ARGV[3] result TTL (ms), ARGV[4] dead TTL (ms),
---   then per job 5 values: job id, delivery (stream entry id), outcome, data, retry-at (epoch ms)
---   outcome is 'succeeded' (data = result JSON), 'retry' or 'dead' (data = error text)
--- Returns per job 1 if recorded, or 0 if the delivery was no longer ours (the job was recovered or
---   handed to another worker meanwhile): a stale holder's outcome is refused.
+-- KEYS[1] stats hash, KEYS[2] scheduled zset, KEYS[3] dead zset,
+--   then per job 2 keys: its job hash, the stream that delivered it
+-- ARGV[1] consumer group, ARGV[2] result TTL (ms), ARGV[3] dead TTL (ms),
+--   ARGV[4] dead-letter maximum size, ARGV[5] idempotency key TTL (ms), ARGV[6] job hash prefix,
+--   then per job 5 values: job id, delivery (stream entry id), outcome, data, retry-at (epoch ms);
+--   outcome is 'succeeded' (data = result JSON), 'retry', 'dead' (data = error text) or 'cancelled'
+-- Returns per job 1 if recorded, 2 if the job had been cancelled meanwhile (acknowledged, result
+--   discarded), or 0 if the delivery was no longer this worker's (the job was recovered or handed to
+--   another worker meanwhile): a stale holder's outcome is refused.
 local out = {}
-local now = tonumber(ARGV[2])
-local done, failed, retried = 0, 0, 0
-for i = 5, #KEYS do
-  local a = 4 + (i - 5) * 5
+-- Timestamps come from the Redis server's clock, so they are ordered whichever client wrote them.
+local clock = redis.call('TIME')
+local now = clock[1] + clock[2] / 1000000
+local counts = {done = 0, failed = 0, retried = 0, cancelled = 0}
+
+local function ended(job, ttl)
+  redis.call('HDEL', job, 'entry')
+  redis.call('PEXPIRE', job, ttl)
+  local idem = redis.call('HGET', job, 'key')
+  if idem then redis.call('PEXPIRE', idem, redis.call('HGET', job, 'key_ttl') or ARGV[5]) end
+end
+
+for i = 1, (#KEYS - 3) / 2 do
+  local a = 6 + (i - 1) * 5
   local id, delivery, outcome, data = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-  local job = KEYS[i]
-  if redis.call('XACK', KEYS[1], ARGV[1], delivery) == 0
-      or redis.call('HGET', job, 'delivery') ~= delivery then
-    out[#out + 1] = 0
+  local job, stream = KEYS[2 + i * 2], KEYS[3 + i * 2]
+  if redis.call('XACK', stream, ARGV[1], delivery) == 0 or redis.call('HGET', job, 'entry') ~= delivery then
+    out[i] = 0
   else
-    redis.call('XDEL', KEYS[1], delivery)
-    if outcome == 'succeeded' then
-      redis.call('HSET', job, 'status', 'succeeded', 'finished_at', ARGV[2], 'result', data)
-      redis.call('HDEL', job, 'delivery', 'error')
-      redis.call('PEXPIRE', job, ARGV[3])
-      done = done + 1
+    redis.call('XDEL', stream, delivery)
+    local status = redis.call('HGET', job, 'status')
+    if status == 'cancelled' then
+      ended(job, ARGV[2])
+      counts.cancelled = counts.cancelled + 1
+      out[i] = 2
+    elseif outcome == 'succeeded' then
+      redis.call('HSET', job, 'status', 'succeeded', 'finished_at', now, 'result', data)
+      redis.call('HDEL', job, 'error')
+      ended(job, ARGV[2])
+      counts.done = counts.done + 1
+      out[i] = 1
     elseif outcome == 'retry' then
-      redis.call('HSET', job, 'status', 'retrying', 'error', data)
-      redis.call('HDEL', job, 'delivery')
-      redis.call('ZADD', KEYS[3], ARGV[a + 5], id)
-      retried = retried + 1
+      redis.call('HSET', job, 'status', 'retrying', 'error', data, 'run_at', tonumber(ARGV[a + 5]) / 1000)
+      redis.call('HDEL', job, 'entry')
+      redis.call('ZADD', KEYS[2], ARGV[a + 5], id)
+      counts.retried = counts.retried + 1
+      out[i] = 1
+    elseif outcome == 'cancelled' then
+      redis.call('HSET', job, 'status', 'cancelled', 'finished_at', now, 'error', data)
+      ended(job, ARGV[2])
+      counts.cancelled = counts.cancelled + 1
+      out[i] = 1
     else
-      redis.call('HSET', job, 'status', 'dead', 'finished_at', ARGV[2], 'error', data)
-      redis.call('HDEL', job, 'delivery')
-      redis.call('PEXPIRE', job, ARGV[4])
-      redis.call('ZADD', KEYS[4], now, id)
-      failed = failed + 1
+      redis.call('HSET', job, 'status', 'dead', 'finished_at', now, 'error', data)
+      ended(job, ARGV[3])
+      redis.call('ZADD', KEYS[3], now, id)
+      counts.failed = counts.failed + 1
+      out[i] = 1
     end
-    out[#out + 1] = 1
   end
 end
-if failed > 0 then
-  -- The dead-letter index forgets what has expired, so it never outgrows the records it names.
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[4]) / 1000)
+if counts.failed > 0 then
+  -- The dead-letter index forgets what has expired and keeps at most its maximum size (dropping
+  -- the oldest), so it never outgrows the records it names.
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[3]) / 1000)
+  local excess = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[4])
+  if excess > 0 then
+    local popped = redis.call('ZPOPMIN', KEYS[3], excess)
+    for j = 1, #popped, 2 do redis.call('DEL', ARGV[6] .. popped[j]) end
+  end
 end
-if done > 0 then redis.call('HINCRBY', KEYS[2], 'done', done) end
-if failed > 0 then redis.call('HINCRBY', KEYS[2], 'failed', failed) end
-if retried > 0 then redis.call('HINCRBY', KEYS[2], 'retried', retried) end
+for field, n in pairs(counts) do
+  if n > 0 then redis.call('HINCRBY', KEYS[1], field, n) end
+end
 return out
