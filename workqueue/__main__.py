@@ -14,6 +14,7 @@ from . import config
 from .app import create_app
 from .errors import ConfigError, PluginError
 from .plugins import load_plugins
+from .schedule import parse_schedules
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -39,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = sorted(set(settings.plugins) - set(tasks))
         if unknown:
             raise ConfigError(f"plugins.{unknown[0]}: no loaded task type is named {unknown[0]!r}")
+        for i, schedule in enumerate(parse_schedules(settings.schedule)):
+            if schedule.type not in tasks:
+                raise ConfigError(f"schedule[{i}].type: no loaded task type is named {schedule.type!r}")
     except (ConfigError, PluginError) as e:
         print(f"workqueue: {e}", file=sys.stderr)
         return 2

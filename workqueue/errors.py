@@ -4,6 +4,7 @@
     ├── ConfigError         bad or unknown setting; start-up stops (exit 2)
     ├── PluginError         a plugin failed to load or clashes with another; start-up stops
     ├── ValidationError     a request or job is malformed; HTTP 400/413/415/422, nothing enqueued
+    ├── PermanentError      raised by a handler: the job fails now, without retrying
     ├── StoreUnavailable    Redis cannot be reached right now; HTTP 503 with Retry-After
     └── QueueFull           the queue is at its max_length; HTTP 503 with Retry-After
 """
@@ -37,3 +38,8 @@ class StoreUnavailable(WorkqueueError):
 
 class QueueFull(WorkqueueError):
     """A queue is at its configured maximum length; nothing was enqueued."""
+
+
+class PermanentError(WorkqueueError):
+    """Raise from a handler when retrying cannot help (bad input, a refused recipient): the job is
+    dead at once, keeping this message as its error."""

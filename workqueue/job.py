@@ -10,13 +10,14 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
 from .errors import ValidationError
+from .task import TaskOptions, check_payload
 
 
 class Status(str, Enum):
@@ -88,6 +89,8 @@ class JobContext:
     attempt: int
     settings: Mapping[str, Any] = field(default_factory=dict)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # log(event, level="info", **fields) writes a line to logs.txt carrying this job's id and type.
+    log: Callable[..., None] = field(default=lambda event, level="info", **fields: None)
 
 
 def new_id() -> str:
@@ -101,7 +104,7 @@ def valid_id(job_id: str) -> bool:
 
 def parse_specs(
     body: Any,
-    known_types: Collection[str],
+    known_types: Mapping[str, TaskOptions],
     default_retries: int,
     default_timeout: float,
     is_queue_name: Callable[[str], bool],
@@ -134,7 +137,7 @@ def parse_specs(
 def parse_spec(
     item: Any,
     where: str,
-    known_types: Collection[str],
+    known_types: Mapping[str, TaskOptions],
     default_retries: int,
     default_timeout: float,
     is_queue_name: Callable[[str], bool],
@@ -168,7 +171,10 @@ def parse_spec(
     if not isinstance(payload, dict):
         raise fail("payload", "expected a JSON object")
 
-    retries = fields.get("retries", default_retries)
+    options = known_types[task_type]
+    check_payload(options, payload, f"{where}payload")
+
+    retries = fields.get("retries", default_retries if options.retries is None else options.retries)
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
         raise fail("retries", f"expected an integer from 0 to {MAX_RETRIES}")
 
@@ -176,7 +182,7 @@ def parse_spec(
     if not isinstance(queue, str) or not is_queue_name(queue):
         raise fail("queue", "expected a queue name of letters, digits, '_', '-' or '.' (1-64 characters)")
 
-    timeout = fields.get("timeout", default_timeout)
+    timeout = fields.get("timeout", default_timeout if options.timeout is None else options.timeout)
     if (
         isinstance(timeout, bool)
         or not isinstance(timeout, (int, float))

@@ -38,6 +38,10 @@ class EventLog:
         self.lines.append(orjson.dumps(record, default=str) + b"\n")
         self.wakeup.set()
 
+    def emit_for(self, job: Any, event: str, level: str = "info", **fields: Any) -> None:
+        """An event about one job (what a handler's ctx.log writes)."""
+        self.emit(event, level, job_id=job.id, type=job.type, queue=job.queue, attempt=job.attempts, **fields)
+
     def start(self) -> None:
         self.task = asyncio.create_task(self.write_forever(), name="workqueue-log-writer")
 

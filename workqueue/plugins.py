@@ -18,12 +18,13 @@ import re
 import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from workqueue.errors import PluginError
+from workqueue.task import TaskOptions, options_of
 
 __all__ = ["ENTRY_POINT_GROUP", "FoundTask", "TaskType", "describe", "find_plugins", "load_plugins"]
 
@@ -55,6 +56,7 @@ class TaskType:
     source: str
     is_coroutine: bool  # runs on the event loop; otherwise the worker runs it in a thread
     wants_context: bool  # the worker passes ctx=JobContext(...) as a keyword
+    options: TaskOptions = field(default_factory=TaskOptions)  # what @task declared
 
 
 def find_plugins(
@@ -190,7 +192,8 @@ def _load(found: FoundTask) -> TaskType:
     is_coroutine = inspect.iscoroutinefunction(handler) or (
         not inspect.isroutine(handler) and inspect.iscoroutinefunction(type(handler).__call__)
     )
-    return TaskType(found.name, handler, found.plugin, found.source, is_coroutine, wants_context)
+    return TaskType(found.name, handler, found.plugin, found.source, is_coroutine, wants_context,
+                    options_of(handler))
 
 
 def _wants_context(handler: Callable[..., Any], where: str) -> bool:

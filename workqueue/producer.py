@@ -97,7 +97,8 @@ async def enqueue(request: web.Request) -> web.Response:
     body = await read_json(request, settings.max_body_bytes)
     if isinstance(body, list) and len(body) > settings.max_batch:
         raise ValidationError(f"body: at most {settings.max_batch} jobs per request (got {len(body)})", 413)
-    specs = parse_specs(body, request.app[TASKS], settings.default_retries, settings.default_timeout,
+    declared = {name: t.options for name, t in request.app[TASKS].items()}
+    specs = parse_specs(body, declared, settings.default_retries, settings.default_timeout,
                         valid_queue_name, request.headers.get("Idempotency-Key"))
     results = await request.app[QUEUE].enqueue(specs, settings.max_length)
     log = request.app[LOG]

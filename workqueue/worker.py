@@ -31,11 +31,13 @@ from redis.exceptions import ResponseError
 
 from .config import Settings
 from .connection import BLOCK_MS, UNAVAILABLE, Clients
+from .errors import PermanentError, ValidationError
 from .job import Job, JobContext
 from .logs import EventLog
 from .plugins import TaskType
 from .queue import Outcome, Queue
 from .schedule import Scheduler, parse_schedules
+from .task import check_payload
 
 # How often a promoter looks for due jobs when it knows of none sooner. Another process may add an
 # earlier one at any time, so this bounds how late a delayed job can start.
@@ -204,7 +206,8 @@ class Worker:
             job = await self.ready.get()
             self.busy.add(me)
             started = time.time()
-            ctx = JobContext(job.id, job.type, job.queue, job.attempts, self.settings.plugins.get(job.type, {}))
+            ctx = JobContext(job.id, job.type, job.queue, job.attempts, self.settings.plugins.get(job.type, {}),
+                             log=functools.partial(self.log.emit_for, job))
             attempt = asyncio.create_task(self.run(job, ctx))
             self.running[job.id] = (job, attempt, ctx)
             try:
@@ -233,6 +236,8 @@ class Worker:
             return Outcome(job, "dead", f"unknown task type {job.type!r} at worker {self.name} (loaded: {known})")
         deadline = asyncio.timeout(job.timeout)
         try:
+            # Checked again here: the job may come from an older producer, or from before a deploy.
+            check_payload(task.options, job.payload)
             async with deadline:
                 result = await self.call(task, job, ctx)
             return Outcome(job, "succeeded", orjson.dumps(result).decode())
@@ -240,6 +245,8 @@ class Worker:
             ctx.cancelled.set()
             error = (f"TimeoutError: attempt exceeded its timeout of {job.timeout:g} s" if deadline.expired()
                      else describe(e))
+        except (PermanentError, ValidationError) as e:
+            return Outcome(job, "dead", describe(e))
         except Exception as e:  # one job's failure must never stop the worker
             error = describe(e)
         except asyncio.CancelledError:

@@ -1,0 +1,86 @@
+"""What a plugin author declares about a handler: payload schema, default timeout and retries.
+
+    from workqueue import task, PermanentError
+
+    @task(schema={"type": "object", "required": ["to"], "properties": {"to": {"type": "string"}}},
+          timeout=30, retries=5)
+    async def send_sms(payload, ctx):
+        ...
+
+The schema is JSON Schema (draft 2020-12). The producer checks it at enqueue (422 naming the
+field) and the worker checks it again before running, since a job may have been enqueued by an
+older producer. `validate`, if given, is a function for checks JSON Schema cannot express (an
+email address that parses, a path inside a directory); it raises ValueError with a message that
+starts with the field name, e.g. "to: 'x@' is not an email address".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from jsonschema.exceptions import best_match
+
+from .errors import PluginError, ValidationError
+
+F = TypeVar("F", bound=Callable[..., Any])
+ATTRIBUTE = "__workqueue_task__"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    schema: Mapping[str, Any] | None = None
+    timeout: float | None = None
+    retries: int | None = None
+    validate: Callable[[dict[str, Any]], None] | None = None
+    validator: Draft202012Validator | None = field(default=None, compare=False)
+
+
+def task(
+    *,
+    schema: Mapping[str, Any] | None = None,
+    timeout: float | None = None,
+    retries: int | None = None,
+    validate: Callable[[dict[str, Any]], None] | None = None,
+) -> Callable[[F], F]:
+    """Declare a handler's payload schema and its defaults for `timeout` (seconds) and `retries`."""
+    if timeout is not None and not timeout > 0:
+        raise PluginError(f"task(timeout={timeout!r}): expected a number of seconds > 0")
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
+        raise PluginError(f"task(retries={retries!r}): expected an integer >= 0")
+    validator = None
+    if schema is not None:
+        try:
+            Draft202012Validator.check_schema(schema)
+        except SchemaError as e:
+            raise PluginError(f"task(schema=...): not a valid JSON Schema: {e.message}") from e
+        validator = Draft202012Validator(schema)
+    options = TaskOptions(schema, timeout, retries, validate, validator)
+
+    def mark(handler: F) -> F:
+        setattr(handler, ATTRIBUTE, options)
+        return handler
+
+    return mark
+
+
+def options_of(handler: Callable[..., Any]) -> TaskOptions:
+    found = getattr(handler, ATTRIBUTE, None)
+    return found if isinstance(found, TaskOptions) else TaskOptions()
+
+
+def check_payload(options: TaskOptions, payload: dict[str, Any], where: str = "payload") -> None:
+    """Raise ValidationError (422) naming the first field that does not fit the declaration."""
+    if options.validator is not None:
+        error = best_match(options.validator.iter_errors(payload))
+        if error is not None:
+            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+            raise ValidationError(f"{where}{path}: {error.message}", 422)
+    if options.validate is not None:
+        try:
+            options.validate(payload)
+        except ValueError as e:
+            raise ValidationError(f"{where}.{e}", 422) from e
