@@ -14,7 +14,8 @@ from .config import Settings
 from .connection import Clients, connect
 from .logs import EventLog, redact_url
 from .plugins import TaskType
-from .producer import LOG, QUEUE, SETTINGS, TASKS, add_routes, auth_middleware, error_middleware
+from .metrics import Metrics
+from .producer import LOG, METRICS, QUEUE, SETTINGS, TASKS, add_routes, auth_middleware, error_middleware, request_middleware
 from .queue import Queue, Retention
 from .worker import Worker
 
@@ -23,12 +24,13 @@ CLIENTS = web.AppKey("clients", Clients)
 
 
 def create_app(settings: Settings, tasks: dict[str, TaskType]) -> web.Application:
-    middlewares = [error_middleware]
+    middlewares = [request_middleware, error_middleware]
     if settings.api_token:
-        middlewares.insert(0, auth_middleware(settings.api_token))
+        middlewares.insert(1, auth_middleware(settings.api_token))
     app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[TASKS] = tasks
+    app[METRICS] = Metrics(tasks)
     app.cleanup_ctx.append(event_log)
     app.cleanup_ctx.append(store)
     if settings.runs_worker:
@@ -39,7 +41,7 @@ def create_app(settings: Settings, tasks: dict[str, TaskType]) -> web.Applicatio
 
 async def event_log(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    log = EventLog(settings.log_path, settings.log_level)
+    log = EventLog(settings.log_path, settings.log_level, settings.log_events, settings.log_exclude)
     log.start()
     app[LOG] = log
     for task in app[TASKS].values():
@@ -62,7 +64,7 @@ async def store(app: web.Application) -> AsyncIterator[None]:
 
 
 async def worker(app: web.Application) -> AsyncIterator[None]:
-    w = Worker(app[SETTINGS], app[QUEUE], app[CLIENTS], app[TASKS], app[LOG])
+    w = Worker(app[SETTINGS], app[QUEUE], app[CLIENTS], app[TASKS], app[LOG], app[METRICS])
     await w.start()
     app[WORKER] = w
     yield

@@ -34,6 +34,8 @@ class Settings:
     plugin_dirs: tuple[str, ...] = ("plugins",)
     log_path: str = "logs.txt"
     log_level: str = "info"
+    log_events: tuple[str, ...] = ()  # only these events are logged; empty: all
+    log_exclude: tuple[str, ...] = ()  # these events are never logged
     api_token: str = ""
     max_body_bytes: int = 1024 * 1024
     max_batch: int = 1000

@@ -70,7 +70,7 @@ class Job:
     retries: int
     attempts: int  # including this one
     timeout: float
-    enqueued_at: float
+    due_at: float  # when it could start: its enqueue time, or its run_at (delay, retry backoff)
     level: int = 0  # the priority stream that delivered it (requeued jobs come from the top one)
     priority: int = 0
 

@@ -21,9 +21,11 @@ LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
 class EventLog:
-    def __init__(self, path: str, level: str = "info") -> None:
+    def __init__(self, path: str, level: str = "info", only: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> None:
         self.path = path
         self.threshold = LEVELS[level]
+        self.only = frozenset(only)
+        self.exclude = frozenset(exclude)
         self.lines: list[bytes] = []
         self.wakeup = asyncio.Event()
         self.closing = False
@@ -31,7 +33,7 @@ class EventLog:
 
     def emit(self, event: str, level: str = "info", **fields: Any) -> None:
         """Queue one event; fields that are None are left out."""
-        if LEVELS[level] < self.threshold:
+        if LEVELS[level] < self.threshold or event in self.exclude or (self.only and event not in self.only):
             return
         record = {"ts": rfc3339(time.time()), "level": level, "event": event}
         record.update((k, v) for k, v in fields.items() if v is not None)

@@ -7,6 +7,9 @@ Errors are translated to JSON at one place, `error_middleware`: a ValidationErro
 from __future__ import annotations
 
 import hmac
+import os
+import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +21,7 @@ from .connection import UNAVAILABLE
 from .errors import QueueFull, StoreUnavailable, ValidationError
 from .job import parse_specs, rfc3339, valid_id
 from .logs import EventLog
+from .metrics import Metrics, timing_summary, wants_prometheus
 from .plugins import TaskType
 from .queue import Enqueued, Queue
 
@@ -25,6 +29,8 @@ SETTINGS = web.AppKey("settings", Settings)
 QUEUE = web.AppKey("queue", Queue)
 LOG = web.AppKey("log", EventLog)
 TASKS = web.AppKey("tasks", dict[str, TaskType])
+METRICS = web.AppKey("metrics", Metrics)
+REQUEST_ID = web.RequestKey("request_id", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JSON_TYPES = ("application/json",)
@@ -55,6 +61,34 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception as e:  # the client gets a message, the log gets the details
         request.app[LOG].emit("http_error", "error", path=request.path, error=f"{type(e).__name__}: {e}")
         return error(500, "internal error; see the service log")
+
+
+SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+@web.middleware
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give each request an id (the client's X-Request-Id if sane), time it, count it, log it."""
+    given = request.headers.get("X-Request-Id", "")
+    request_id = given if SAFE_REQUEST_ID.match(given) else os.urandom(8).hex()
+    request[REQUEST_ID] = request_id
+    began = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers["X-Request-Id"] = request_id
+        return response
+    except web.HTTPException as e:
+        status = e.status
+        raise
+    finally:
+        elapsed = time.perf_counter() - began
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        request.app[METRICS].observe_request(route, request.method, status, elapsed)
+        request.app[LOG].emit("http_request", request_id=request_id, method=request.method, route=route,
+                              status=status, duration_ms=round(elapsed * 1000, 2))
 
 
 def auth_middleware(token: str) -> Any:
@@ -104,7 +138,8 @@ async def enqueue(request: web.Request) -> web.Response:
     log = request.app[LOG]
     for done in results:
         if done.created:
-            log.emit("enqueued", job_id=done.id, type=done.spec.type, queue=done.spec.queue, status=done.status)
+            log.emit("enqueued", job_id=done.id, type=done.spec.type, queue=done.spec.queue, status=done.status,
+                     request_id=request[REQUEST_ID])
     if isinstance(body, list):
         return json_response([accepted(done) for done in results], 202)
     (done,) = results
@@ -229,11 +264,19 @@ async def drop_dead(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    per_queue = await request.app[QUEUE].stats()
+    queue = request.app[QUEUE]
+    per_queue = await queue.stats()
+    prometheus, openmetrics = wants_prometheus(request.headers.get("Accept", ""))
+    if prometheus:
+        snapshot = {"queues": per_queue, "workers": len(await queue.workers())}
+        body, content_type = request.app[METRICS].exposition(snapshot, openmetrics)
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     def total(field: str) -> int:
-        return sum(row[field] for row in per_queue.values())
+        return sum(int(row[field]) for row in per_queue.values())
 
+    for name, row in per_queue.items():
+        row["timings"] = timing_summary(await queue.timings(name))
     return json_response(
         {
             # The Go service's three keys, unchanged.
@@ -252,6 +295,15 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
+async def workers(request: web.Request) -> web.Response:
+    """The live worker processes, from the heartbeats crash recovery relies on."""
+    live = await request.app[QUEUE].workers()
+    for w in live:
+        w["started_at"] = rfc3339(w["started_at"])
+        w["last_heartbeat"] = rfc3339(w["last_heartbeat"])
+    return json_response({"workers": live, "count": len(live)})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
@@ -268,6 +320,7 @@ def add_routes(app: web.Application, settings: Settings) -> None:
     if settings.runs_producer:
         app.router.add_post("/enqueue", enqueue)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/workers", workers)
     app.router.add_get("/jobs/{id}", get_job)
     app.router.add_post("/jobs/{id}/cancel", cancel_job)
     app.router.add_delete("/jobs/{id}", cancel_job)

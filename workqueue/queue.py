@@ -7,13 +7,16 @@ Per queue (all keys share the hash tag `{q}`, so every script stays in one Redis
     wq:{q}:job:<id>         Hash: the job record (type, payload, status, attempts, timestamps...)
     wq:{q}:scheduled        Sorted set: delayed jobs and retry backoffs, by due time (epoch ms)
     wq:{q}:dead             Sorted set: dead job ids, by time of death
-    wq:{q}:stats            Hash: cluster-wide counters (enqueued, done, failed, retried, ...)
+    wq:{q}:stats            Hash: cluster-wide counters (enqueued, done, failed, retried, ...) and
+                            per task type 'outcome|type' counters (succeeded, failed, dead, ...)
+    wq:{q}:timings          List: "type wait_ms run_ms" of the most recent attempts (a window)
     wq:{q}:worker:<name>    String with a TTL of one lease: the heartbeat of a worker process
     wq:{q}:cancels          Counter bumped when a running job is cancelled; workers watch it
     wq:{q}:key:<digest>     String "<job id> <fingerprint>": an idempotency key and its job
     wq:{q}:schedule:<name>  String: the last tick a periodic schedule enqueued (epoch seconds)
 
-plus `wq:queues`, the set of queue names ever used.
+plus `wq:queues`, the set of queue names ever used, and `wq:workers`, a hash of worker name to
+its description and last heartbeat (JSON), for GET /workers.
 A job leaves its stream only when a worker acknowledges its outcome, so a crashed worker's jobs
 stay pending under its name until another worker recovers them.
 """
@@ -36,6 +39,8 @@ from .job import Job, JobSpec, new_id
 
 GROUP = "workers"
 QUEUES_KEY = "wq:queues"
+WORKERS_KEY = "wq:workers"
+TIMINGS_KEPT = 1000  # attempts per queue behind the JSON percentiles
 LEVELS = 10  # priorities 0-9, one stream each
 
 
@@ -180,7 +185,7 @@ class Queue:
         )
         jobs = []
         for i in range(0, len(jobs_flat), 10):
-            job_id, delivery, level, task_type, payload, retries, attempts, timeout, enqueued_at, priority = jobs_flat[i : i + 10]
+            job_id, delivery, level, task_type, payload, retries, attempts, timeout, due_at, priority = jobs_flat[i : i + 10]
             jobs.append(
                 Job(
                     id=job_id.decode(),
@@ -192,7 +197,7 @@ class Queue:
                     retries=int(retries),
                     attempts=int(attempts),
                     timeout=float(timeout),
-                    enqueued_at=float(enqueued_at),
+                    due_at=float(due_at),
                     priority=int(priority or 0),
                 )
             )
@@ -218,11 +223,12 @@ class Queue:
         for i, outcome in enumerate(outcomes):
             by_queue.setdefault(outcome.job.queue, []).append(i)
         for queue, indexes in by_queue.items():
-            args: list[Any] = [GROUP, ms(r.result_ttl), ms(r.dead_ttl), r.dead_max, ms(r.key_ttl), key(queue, "job:")]
+            args: list[Any] = [GROUP, ms(r.result_ttl), ms(r.dead_ttl), r.dead_max, ms(r.key_ttl), key(queue, ""),
+                               TIMINGS_KEPT]
             keys = [key(queue, "stats"), key(queue, "scheduled"), key(queue, "dead")]
             for i in indexes:
                 o = outcomes[i]
-                args += [o.job.id, o.job.delivery, o.kind, o.data, ms(o.retry_at)]
+                args += [o.job.id, o.job.delivery, o.kind, o.data, ms(o.retry_at), o.job.type]
                 keys += [job_key(queue, o.job.id), key(queue, f"stream:{o.job.level}")]
             flags = await self.scripts["finish"](keys=keys, args=args)
             recorded.update(zip(indexes, (int(f) for f in flags)))
@@ -240,14 +246,33 @@ class Queue:
 
     # -- leases -------------------------------------------------------------------------------
 
-    async def heartbeat(self, queues: Iterable[str], consumer: str, lease: float) -> None:
+    async def heartbeat(self, queues: Iterable[str], consumer: str, lease: float, about: dict[str, Any]) -> None:
+        """Renew the lease on every queue served, and publish what this worker is doing."""
         async with self.client.pipeline(transaction=False) as pipe:
             for queue in queues:
                 pipe.set(key(queue, f"worker:{consumer}"), "1", px=ms(lease))
+            pipe.hset(WORKERS_KEY, consumer, orjson.dumps({**about, "last_heartbeat": time.time(), "lease": lease}))
             await pipe.execute()
 
     async def forget_worker(self, queues: Iterable[str], consumer: str) -> None:
-        await self.client.delete(*(key(q, f"worker:{consumer}") for q in queues))
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.delete(*(key(q, f"worker:{consumer}") for q in queues))
+            pipe.hdel(WORKERS_KEY, consumer)
+            await pipe.execute()
+
+    async def workers(self) -> list[dict[str, Any]]:
+        """Live workers from their heartbeats; entries of workers gone for a lease are removed."""
+        now = time.time()
+        live, gone = [], []
+        for name, raw in (await self.client.hgetall(WORKERS_KEY)).items():
+            about = orjson.loads(raw)
+            if now - about["last_heartbeat"] > about["lease"]:
+                gone.append(name)
+            else:
+                live.append({"name": name.decode(), **about})
+        if gone:
+            await self.client.hdel(WORKERS_KEY, *gone)
+        return sorted(live, key=lambda w: w["name"])
 
     async def recover(self, queue: str, me: str, release: bool = False, limit: int = 1000) -> tuple[int, list[str]]:
         """Requeue unfinished deliveries: of every worker whose heartbeat expired (the reaper), or,
@@ -365,19 +390,35 @@ class Queue:
 
     # -- numbers ------------------------------------------------------------------------------
 
-    async def stats(self) -> dict[str, dict[str, int]]:
+    async def stats(self) -> dict[str, dict[str, Any]]:
         """Per queue: waiting, active, scheduled and dead counts plus the cumulative counters."""
         out = {}
         for queue in await self.queues():
             reply = await self.scripts["stats"](
                 keys=[*streams(queue), key(queue, "scheduled"), key(queue, "dead"), key(queue, "stats")], args=[GROUP]
             )
-            row = dict(zip(("waiting", "active", "scheduled", "dead"), (int(v) for v in reply[:4])))
-            counters = {reply[i].decode(): int(reply[i + 1]) for i in range(4, len(reply), 2)}
+            row: dict[str, Any] = dict(zip(("waiting", "active", "scheduled", "dead"), (int(v) for v in reply[:4])))
+            oldest = int(reply[4])
+            row["oldest_waiting_age_seconds"] = round(max(0.0, time.time() - oldest / 1000), 3) if oldest >= 0 else 0.0
+            counters = {reply[i].decode(): int(reply[i + 1]) for i in range(5, len(reply), 2)}
             for field in ("enqueued", "done", "failed", "retried", "recovered", "released", "cancelled", "redriven"):
                 row[field] = counters.get(field, 0)
+            by_type: dict[str, dict[str, int]] = {}
+            for field, n in counters.items():
+                outcome, sep, task_type = field.partition("|")
+                if sep:
+                    by_type.setdefault(task_type, {})[outcome] = n
+            row["types"] = by_type
             out[queue] = row
         return out
+
+    async def timings(self, queue: str) -> list[tuple[str, float, float]]:
+        """(type, wait ms, run ms) of the queue's most recent attempts."""
+        rows = []
+        for raw in await self.client.lrange(key(queue, "timings"), 0, -1):
+            task_type, wait, run = raw.decode().rsplit(" ", 2)
+            rows.append((task_type, float(wait), float(run)))
+        return rows
 
 
 def ms(seconds: float) -> int:

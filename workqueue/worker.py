@@ -34,6 +34,7 @@ from .connection import BLOCK_MS, UNAVAILABLE, Clients
 from .errors import PermanentError, ValidationError
 from .job import Job, JobContext
 from .logs import EventLog
+from .metrics import Metrics
 from .plugins import TaskType
 from .queue import Outcome, Queue
 from .schedule import Scheduler, parse_schedules
@@ -50,8 +51,10 @@ CANCEL_CHECK_INTERVAL = 0.2
 
 class Worker:
     def __init__(self, settings: Settings, queue: Queue, clients: Clients, tasks: dict[str, TaskType],
-                 log: EventLog) -> None:
+                 log: EventLog, metrics: Metrics) -> None:
         self.settings = settings
+        self.metrics = metrics
+        self.started_at = time.time()
         self.queue = queue
         self.clients = clients
         self.tasks = tasks
@@ -80,7 +83,7 @@ class Worker:
         for queue in self.queues:
             await self.queue.ensure_queue(queue)
         # The first heartbeat comes before the first fetch, so no reaper can mistake us for dead.
-        await self.queue.heartbeat(self.queues, self.name, self.settings.lease)
+        await self.heartbeat()
         self.services = [
             asyncio.create_task(self.keep_alive(), name="workqueue-heartbeat"),
             asyncio.create_task(self.reap_forever(), name="workqueue-reaper"),
@@ -220,7 +223,9 @@ class Worker:
                 self.busy.discard(me)
                 self.running.pop(job.id, None)
                 self.cancel_requested.discard(job.id)
-            self.outcomes.append((outcome, started, time.time()))
+            finished = time.time()
+            self.metrics.observe_job(job.queue, job.type, started - job.due_at, finished - started)
+            self.outcomes.append((outcome, started, finished))
             self.outcome_added.set()
             if self.stopping:
                 return
@@ -229,7 +234,7 @@ class Worker:
     async def run(self, job: Job, ctx: JobContext) -> Outcome:
         """One attempt. Returns its outcome; raises only when cancelled."""
         self.log.emit("started", job_id=job.id, type=job.type, queue=job.queue, attempt=job.attempts,
-                      wait_ms=round((time.time() - job.enqueued_at) * 1000, 1))
+                      wait_ms=round((time.time() - job.due_at) * 1000, 1))
         task = self.tasks.get(job.type)
         if task is None:
             known = ", ".join(sorted(self.tasks)) or "none"
@@ -320,6 +325,7 @@ class Worker:
     def log_outcome(self, outcome: Outcome, started: float, finished: float, verdict: int) -> None:
         job = outcome.job
         fields: dict[str, Any] = {"job_id": job.id, "type": job.type, "queue": job.queue, "attempt": job.attempts,
+                                  "wait_ms": round(max(0.0, started - job.due_at) * 1000, 1),
                                   "duration_ms": round((finished - started) * 1000, 1)}
         if verdict == 0:
             self.log.emit("stale_outcome_refused", "warning", **fields,
@@ -337,8 +343,13 @@ class Worker:
     # -- leases, recovery, scheduled jobs -----------------------------------------------------
 
     async def keep_alive(self) -> None:
-        await self.every(self.settings.lease / 3,
-                         lambda: self.queue.heartbeat(self.queues, self.name, self.settings.lease))
+        await self.every(self.settings.lease / 3, self.heartbeat)
+
+    async def heartbeat(self) -> None:
+        about = {"host": socket.gethostname(), "pid": os.getpid(), "queues": list(self.settings.queues),
+                 "concurrency": self.settings.concurrency, "in_flight": len(self.running),
+                 "started_at": self.started_at}
+        await self.queue.heartbeat(self.queues, self.name, self.settings.lease, about)
 
     async def reap_forever(self) -> None:
         await self.every(max(self.settings.lease / 4, 0.1), self.reap)

@@ -29,5 +29,6 @@ if status == 'active' then
 else
   redis.call('HDEL', job, 'entry')
   redis.call('HINCRBY', KEYS[3], 'cancelled', 1)
+  redis.call('HINCRBY', KEYS[3], 'cancelled|' .. redis.call('HGET', job, 'type'), 1)
 end
 return {status, 'cancelled'}

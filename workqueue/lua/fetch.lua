@@ -4,7 +4,7 @@
 -- ARGV[1] consumer group, ARGV[2] consumer (worker) name, ARGV[3] count,
 --   ARGV[4] the queue's key prefix 'wq:{q}:' (job hashes are prefix..'job:'..id, same hash slot)
 -- Returns {jobs, cursors}: jobs is a flat list, 10 values per job: id, delivery (stream entry id),
---   level, type, payload, retries, attempts, timeout, enqueued_at, priority;
+--   level, type, payload, retries, attempts, timeout, due (enqueue time, or run_at if later), priority;
 --   cursors, only when no job was delivered, has per stream the group's last delivered entry id,
 --   from where a blocking XREAD waits for the next job.
 -- Timestamps come from the Redis server's clock, so they are ordered whichever client wrote them.
@@ -27,8 +27,9 @@ for s = 1, #KEYS do
       if status == 'queued' then
         local attempts = redis.call('HINCRBY', job, 'attempts', 1)
         redis.call('HSET', job, 'status', 'active', 'started_at', now, 'worker', ARGV[2], 'entry', delivery)
-        local f = redis.call('HMGET', job, 'type', 'payload', 'retries', 'timeout', 'enqueued_at', 'priority')
-        for _, v in ipairs({id, delivery, level, f[1], f[2], f[3], attempts, f[4], f[5], f[6]}) do
+        local f = redis.call('HMGET', job, 'type', 'payload', 'retries', 'timeout', 'enqueued_at', 'priority', 'run_at')
+        local due = tostring(math.max(tonumber(f[5]), tonumber(f[7]) or 0))
+        for _, v in ipairs({id, delivery, level, f[1], f[2], f[3], attempts, f[4], due, f[6]}) do
           jobs[#jobs + 1] = v
         end
         delivered = delivered + 1

@@ -3,8 +3,10 @@
 -- KEYS[1] stats hash, KEYS[2] scheduled zset, KEYS[3] dead zset,
 --   then per job 2 keys: its job hash, the stream that delivered it
 -- ARGV[1] consumer group, ARGV[2] result TTL (ms), ARGV[3] dead TTL (ms),
---   ARGV[4] dead-letter maximum size, ARGV[5] idempotency key TTL (ms), ARGV[6] job hash prefix,
---   then per job 5 values: job id, delivery (stream entry id), outcome, data, retry-at (epoch ms);
+--   ARGV[4] dead-letter maximum size, ARGV[5] idempotency key TTL (ms), ARGV[6] the queue's key prefix 'wq:{q}:',
+--   ARGV[7] how many recent timings to keep,
+--   then per job 6 values: job id, delivery (stream entry id), outcome, data, retry-at (epoch ms),
+--   task type;
 --   outcome is 'succeeded' (data = result JSON), 'retry', 'dead' (data = error text) or 'cancelled'
 -- Returns per job 1 if recorded, 2 if the job had been cancelled meanwhile (acknowledged, result
 --   discarded), or 0 if the delivery was no longer this worker's (the job was recovered or handed to
@@ -14,6 +16,22 @@ local out = {}
 local clock = redis.call('TIME')
 local now = clock[1] + clock[2] / 1000000
 local counts = {done = 0, failed = 0, retried = 0, cancelled = 0}
+local timings = {}
+
+-- Per task type counters, 'outcome|type', for the Prometheus counter of jobs by outcome.
+local function count(outcome, task_type)
+  redis.call('HINCRBY', KEYS[1], outcome .. '|' .. task_type, 1)
+end
+
+-- "type wait_ms run_ms" of one attempt, for the percentiles /metrics shows without Prometheus.
+local function time_attempt(job, task_type)
+  local t = redis.call('HMGET', job, 'enqueued_at', 'started_at', 'run_at')
+  local started = tonumber(t[2])
+  if not started then return end
+  local due = math.max(tonumber(t[1]) or started, tonumber(t[3]) or 0)
+  timings[#timings + 1] = string.format('%s %.1f %.1f', task_type, math.max(0, started - due) * 1000,
+    (now - started) * 1000)
+end
 
 local function ended(job, ttl)
   redis.call('HDEL', job, 'entry')
@@ -23,40 +41,49 @@ local function ended(job, ttl)
 end
 
 for i = 1, (#KEYS - 3) / 2 do
-  local a = 6 + (i - 1) * 5
+  local a = 7 + (i - 1) * 6
   local id, delivery, outcome, data = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local task_type = ARGV[a + 6]
   local job, stream = KEYS[2 + i * 2], KEYS[3 + i * 2]
   if redis.call('XACK', stream, ARGV[1], delivery) == 0 or redis.call('HGET', job, 'entry') ~= delivery then
     out[i] = 0
   else
     redis.call('XDEL', stream, delivery)
     local status = redis.call('HGET', job, 'status')
+    if status ~= 'cancelled' and outcome ~= 'cancelled' then time_attempt(job, task_type) end
     if status == 'cancelled' then
       ended(job, ARGV[2])
       counts.cancelled = counts.cancelled + 1
+      count('cancelled', task_type)
       out[i] = 2
     elseif outcome == 'succeeded' then
       redis.call('HSET', job, 'status', 'succeeded', 'finished_at', now, 'result', data)
       redis.call('HDEL', job, 'error')
       ended(job, ARGV[2])
       counts.done = counts.done + 1
+      count('succeeded', task_type)
       out[i] = 1
     elseif outcome == 'retry' then
       redis.call('HSET', job, 'status', 'retrying', 'error', data, 'run_at', tonumber(ARGV[a + 5]) / 1000)
       redis.call('HDEL', job, 'entry')
       redis.call('ZADD', KEYS[2], ARGV[a + 5], id)
       counts.retried = counts.retried + 1
+      count('failed', task_type)
+      count('retried', task_type)
       out[i] = 1
     elseif outcome == 'cancelled' then
       redis.call('HSET', job, 'status', 'cancelled', 'finished_at', now, 'error', data)
       ended(job, ARGV[2])
       counts.cancelled = counts.cancelled + 1
+      count('cancelled', task_type)
       out[i] = 1
     else
       redis.call('HSET', job, 'status', 'dead', 'finished_at', now, 'error', data)
       ended(job, ARGV[3])
       redis.call('ZADD', KEYS[3], now, id)
       counts.failed = counts.failed + 1
+      count('failed', task_type)
+      count('dead', task_type)
       out[i] = 1
     end
   end
@@ -68,8 +95,13 @@ if counts.failed > 0 then
   local excess = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[4])
   if excess > 0 then
     local popped = redis.call('ZPOPMIN', KEYS[3], excess)
-    for j = 1, #popped, 2 do redis.call('DEL', ARGV[6] .. popped[j]) end
+    for j = 1, #popped, 2 do redis.call('DEL', ARGV[6] .. 'job:' .. popped[j]) end
   end
+end
+if #timings > 0 then
+  local list = ARGV[6] .. 'timings'
+  redis.call('RPUSH', list, unpack(timings))
+  redis.call('LTRIM', list, -tonumber(ARGV[7]), -1)
 end
 for field, n in pairs(counts) do
   if n > 0 then redis.call('HINCRBY', KEYS[1], field, n) end

@@ -29,8 +29,12 @@ local function requeue(stream, consumer)
       if status == 'active' and redis.call('HGET', job, 'entry') == delivery then
         local entry = redis.call('XADD', top, '*', 'id', id)
         redis.call('HSET', job, 'status', 'queued', 'entry', entry, 'level', top_level)
+        if ARGV[5] == 'reap' then
+          redis.call('HINCRBY', stats, 'recovered|' .. (redis.call('HGET', job, 'type') or '?'), 1)
+        end
         moved = moved + 1
       elseif status == 'cancelled' then
+        redis.call('HINCRBY', stats, 'cancelled|' .. (redis.call('HGET', job, 'type') or '?'), 1)
         dropped = dropped + 1
       end
     end

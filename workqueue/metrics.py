@@ -1,0 +1,145 @@
+"""Numbers about jobs and requests: the JSON view and the Prometheus exposition of GET /metrics.
+
+Two sources, kept apart on purpose:
+- cluster-wide state and counters live in Redis (the queue module's `stats`), so every process
+  reports the same totals; they are read at each scrape and exposed through a custom collector;
+- latency histograms (job wait and run times, HTTP requests) are this process's own observations,
+  as Prometheus expects: it sums them across processes.
+Each app owns its registry (no module-level global), so tests and several apps in one process do
+not mix their numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+OUTCOMES = ("succeeded", "failed", "retried", "dead", "cancelled", "recovered")
+STATES = ("waiting", "scheduled", "active", "dead")
+# Job waits and runs span milliseconds to hours.
+JOB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+MAX_QUEUE_LABELS = 100  # queues are created by clients; past this many, the rest fold into "other"
+
+
+class ClusterCollector:
+    """Exposes the snapshot of Redis numbers taken just before the scrape."""
+
+    def __init__(self) -> None:
+        self.snapshot: dict[str, Any] = {"queues": {}, "workers": 0}
+        self.known_types: frozenset[str] = frozenset()
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # no fixed description: the metrics exist once a scrape has read Redis
+
+    def collect(self) -> Iterable[Metric]:
+        jobs = CounterMetricFamily("workqueue_jobs", "Job attempts by outcome, cluster-wide",
+                                   labels=["queue", "type", "outcome"])
+        state = GaugeMetricFamily("workqueue_queue_jobs", "Jobs in a queue by state, cluster-wide",
+                                  labels=["queue", "state"])
+        age = GaugeMetricFamily("workqueue_oldest_waiting_job_age_seconds",
+                                "Age of the oldest job waiting to be picked up", labels=["queue"])
+        for queue, row in self.queues():
+            for task_type, counts in row["types"].items():
+                label = task_type if task_type in self.known_types else "other"
+                for outcome in OUTCOMES:
+                    if outcome in counts:
+                        jobs.add_metric([queue, label, outcome], counts[outcome])
+            for name in STATES:
+                state.add_metric([queue, name], row[name])
+            age.add_metric([queue], row["oldest_waiting_age_seconds"])
+        workers = GaugeMetricFamily("workqueue_workers", "Live worker processes (fresh heartbeats)",
+                                    value=self.snapshot["workers"])
+        return [jobs, state, age, workers]
+
+    def queues(self) -> list[tuple[str, dict[str, Any]]]:
+        rows = sorted(self.snapshot["queues"].items())
+        if len(rows) <= MAX_QUEUE_LABELS:
+            return rows
+        return rows[:MAX_QUEUE_LABELS] + [("other", merge([r for _, r in rows[MAX_QUEUE_LABELS:]]))]
+
+
+def merge(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {name: sum(r[name] for r in rows) for name in STATES}
+    out["oldest_waiting_age_seconds"] = max(r["oldest_waiting_age_seconds"] for r in rows)
+    out["types"] = {}
+    for r in rows:
+        for task_type, counts in r["types"].items():
+            merged = out["types"].setdefault(task_type, {})
+            for outcome, n in counts.items():
+                merged[outcome] = merged.get(outcome, 0) + n
+    return out
+
+
+class Metrics:
+    """One app's instruments and the cluster collector, in the app's own registry."""
+
+    def __init__(self, known_types: Iterable[str]) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.cluster = ClusterCollector()
+        self.cluster.known_types = frozenset(known_types)
+        self.registry.register(self.cluster)  # type: ignore[arg-type]
+        self.job_wait = Histogram("workqueue_job_wait_seconds", "From due (enqueued or run_at) to start, this process",
+                                  ["queue", "type"], buckets=JOB_BUCKETS, registry=self.registry)
+        self.job_run = Histogram("workqueue_job_run_seconds", "From start to finish of an attempt, this process",
+                                 ["queue", "type"], buckets=JOB_BUCKETS, registry=self.registry)
+        self.requests = Counter("workqueue_http_requests", "HTTP requests by route and status, this process",
+                                ["route", "method", "status"], registry=self.registry)
+        self.request_time = Histogram("workqueue_http_request_duration_seconds", "HTTP request latency, this process",
+                                      ["route", "method"], registry=self.registry)
+
+    def observe_job(self, queue: str, task_type: str, wait: float, run: float) -> None:
+        label = task_type if task_type in self.cluster.known_types else "other"
+        self.job_wait.labels(queue, label).observe(max(0.0, wait))
+        self.job_run.labels(queue, label).observe(max(0.0, run))
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.request_time.labels(route, method).observe(seconds)
+
+    def exposition(self, snapshot: dict[str, Any], openmetrics: bool) -> tuple[bytes, str]:
+        """The Prometheus text (or OpenMetrics) for this snapshot, and its content type."""
+        self.cluster.snapshot = snapshot
+        if openmetrics:
+            return generate_openmetrics(self.registry), OPENMETRICS_TYPE
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def wants_prometheus(accept: str) -> tuple[bool, bool]:
+    """(Prometheus format?, OpenMetrics?) for an Accept header; JSON stays the default."""
+    accept = accept.lower()
+    if "application/openmetrics-text" in accept:
+        return True, True
+    return "text/plain" in accept, False
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float] | None:
+    """p50, p95 and p99 by the nearest-rank method; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+
+    def rank(p: float) -> float:
+        return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+    return {"p50": rank(50), "p95": rank(95), "p99": rank(99)}
+
+
+def timing_summary(rows: Sequence[tuple[str, float, float]]) -> dict[str, Any]:
+    """Wait and run percentiles (ms) over a window of attempts, overall and per task type."""
+    by_type: dict[str, list[tuple[float, float]]] = {}
+    for task_type, wait, run in rows:
+        by_type.setdefault(task_type, []).append((wait, run))
+    return {
+        "window": len(rows),
+        "wait_ms": percentiles([w for _, w, _ in rows]),
+        "run_ms": percentiles([r for _, _, r in rows]),
+        "types": {t: {"window": len(v), "wait_ms": percentiles([w for w, _ in v]),
+                      "run_ms": percentiles([r for _, r in v])} for t, v in sorted(by_type.items())},
+    }
