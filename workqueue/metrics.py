@@ -89,15 +89,21 @@ class Metrics:
                                   ["queue", "type"], buckets=JOB_BUCKETS, registry=self.registry)
         self.job_run = Histogram("workqueue_job_run_seconds", "From start to finish of an attempt, this process",
                                  ["queue", "type"], buckets=JOB_BUCKETS, registry=self.registry)
+        self.job_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.requests = Counter("workqueue_http_requests", "HTTP requests by route and status, this process",
                                 ["route", "method", "status"], registry=self.registry)
         self.request_time = Histogram("workqueue_http_request_duration_seconds", "HTTP request latency, this process",
                                       ["route", "method"], registry=self.registry)
 
     def observe_job(self, queue: str, task_type: str, wait: float, run: float) -> None:
-        label = task_type if task_type in self.cluster.known_types else "other"
-        self.job_wait.labels(queue, label).observe(max(0.0, wait))
-        self.job_run.labels(queue, label).observe(max(0.0, run))
+        # The labelled children are looked up once per (queue, type): this runs once per job.
+        children = self.job_children.get((queue, task_type))
+        if children is None:
+            label = task_type if task_type in self.cluster.known_types else "other"
+            children = self.job_children[(queue, task_type)] = (self.job_wait.labels(queue, label),
+                                                                 self.job_run.labels(queue, label))
+        children[0].observe(max(0.0, wait))
+        children[1].observe(max(0.0, run))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()

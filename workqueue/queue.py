@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from .errors import QueueFull, ValidationError
-from .job import Job, JobSpec, new_id
+from .job import Job, JobSpec, new_ids
 
 GROUP = "workers"
 QUEUES_KEY = "wq:queues"
@@ -150,16 +150,18 @@ class Queue:
 
     async def enqueue_queue(self, queue: str, specs: list[JobSpec], max_length: int, dry_run: bool = False) -> list[Enqueued]:
         await self.ensure_queue(queue)
-        ids = [new_id() for _ in specs]
+        ids = new_ids(len(specs))
         now = time.time()
-        args: list[Any] = [queue, max_length, LEVELS, key(queue, ""), "1" if dry_run else "0"]
-        keys = [key(queue, "stats"), key(queue, "scheduled")]
-        for job_id, s in zip(ids, specs):
-            run_at = int(s.run_at * 1000) if s.run_at is not None and s.run_at > now else 0
-            args += [job_id, s.type, orjson.dumps(s.payload), s.retries, repr(s.timeout), s.priority, run_at,
-                     fingerprint(s) if s.key else "", ms(s.key_ttl or 0)]
-            keys += [job_key(queue, job_id), idempotency_key(queue, s.key) if s.key else job_key(queue, job_id)]
-        reply = await self.scripts["enqueue"](keys=keys, args=args)
+        jobs = [
+            [job_id, s.type, orjson.dumps(s.payload).decode(), s.retries, s.timeout, s.priority,
+             ms(s.run_at) if s.run_at is not None and s.run_at > now else 0,
+             idempotency_key(queue, s.key) if s.key else "", fingerprint(s) if s.key else "", ms(s.key_ttl or 0)]
+            for job_id, s in zip(ids, specs)
+        ]
+        reply = await self.scripts["enqueue"](
+            keys=[key(queue, "stats"), key(queue, "scheduled")],
+            args=[queue, max_length, LEVELS, key(queue, ""), "1" if dry_run else "0", orjson.dumps(jobs)],
+        )
         verdict = reply[0].decode()
         if verdict == "conflict":
             index, existing = int(reply[1]) - 1, reply[2].decode()
@@ -223,14 +225,13 @@ class Queue:
         for i, outcome in enumerate(outcomes):
             by_queue.setdefault(outcome.job.queue, []).append(i)
         for queue, indexes in by_queue.items():
-            args: list[Any] = [GROUP, ms(r.result_ttl), ms(r.dead_ttl), r.dead_max, ms(r.key_ttl), key(queue, ""),
-                               TIMINGS_KEPT]
-            keys = [key(queue, "stats"), key(queue, "scheduled"), key(queue, "dead")]
-            for i in indexes:
-                o = outcomes[i]
-                args += [o.job.id, o.job.delivery, o.kind, o.data, ms(o.retry_at), o.job.type]
-                keys += [job_key(queue, o.job.id), key(queue, f"stream:{o.job.level}")]
-            flags = await self.scripts["finish"](keys=keys, args=args)
+            batch = [(o.job.id, o.job.delivery, o.kind, o.data, ms(o.retry_at), o.job.type, o.job.level)
+                     for o in (outcomes[i] for i in indexes)]
+            flags = await self.scripts["finish"](
+                keys=[key(queue, "stats"), key(queue, "scheduled"), key(queue, "dead")],
+                args=[GROUP, ms(r.result_ttl), ms(r.dead_ttl), r.dead_max, ms(r.key_ttl), key(queue, ""), TIMINGS_KEPT,
+                      orjson.dumps(batch)],
+            )
             recorded.update(zip(indexes, (int(f) for f in flags)))
         return [recorded[i] for i in range(len(outcomes))]
 

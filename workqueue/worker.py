@@ -43,6 +43,8 @@ from .task import check_payload
 # How often a promoter looks for due jobs when it knows of none sooner. Another process may add an
 # earlier one at any time, so this bounds how late a delayed job can start.
 PROMOTE_INTERVAL = 0.02
+# Jobs are fetched ahead of free consumers only while attempts typically take less than this (s).
+PREFETCH_BELOW = 0.02
 # How long to wait before trying Redis again after it failed.
 REDIS_PAUSE = 0.5
 # How often the cancel counters are read: the delay before a running job's handler is cancelled.
@@ -62,8 +64,9 @@ class Worker:
         self.name = f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
         self.weights = settings.queue_weights
         self.queues = [q for q, _ in self.weights]
-        self.free = settings.concurrency  # slots neither running nor reserved by a fetch
-        self.slot_freed = asyncio.Condition()
+        self.held = 0  # jobs fetched and not finished: running, or waiting in `ready`
+        self.slot_freed = asyncio.Event()
+        self.typical_run: float | None = None  # moving average of attempt durations (s)
         self.ready: asyncio.Queue[Job] = asyncio.Queue()
         self.outcomes: list[tuple[Outcome, float, float]] = []  # with start and finish times
         self.outcome_added = asyncio.Event()
@@ -71,7 +74,7 @@ class Worker:
         self.closing = False  # background services end too (after the hand-back)
         self.recorder_done = False
         self.busy: set[asyncio.Task[None]] = set()  # consumers running a job right now
-        self.running: dict[str, tuple[Job, asyncio.Task[Outcome], JobContext]] = {}
+        self.running: dict[str, tuple[Job, asyncio.Task[None], JobContext]] = {}  # by job id, with its consumer
         self.cancel_requested: set[str] = set()
         self.executor = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="workqueue-job")
         self.fetcher: asyncio.Task[None] | None = None
@@ -147,9 +150,11 @@ class Worker:
     async def fetch_forever(self) -> None:
         rounds = 0
         while not self.stopping:
-            async with self.slot_freed:
-                await self.slot_freed.wait_for(lambda: self.free > 0)
-                count, self.free = self.free, 0
+            while self.held >= self.capacity():
+                self.slot_freed.clear()
+                await self.slot_freed.wait()
+            count = self.capacity() - self.held
+            self.held += count  # reserved until the fetch says how many came
             rounds += 1
             # Every `priority_fairness`-th round reads the lowest priority first: under a flood of
             # high-priority work, low priorities still get a share instead of starving.
@@ -170,7 +175,7 @@ class Worker:
                 await self.on_lost_groups(e)
                 continue
             finally:
-                await self.release_slots(count - fetched)
+                self.release_slots(count - fetched)
             if fetched == 0:
                 await self.wait_for_work(cursors)
 
@@ -194,11 +199,21 @@ class Worker:
         finally:
             await cancel_all(waits)  # they only watch, so cutting them short loses nothing
 
-    async def release_slots(self, n: int) -> None:
+    def release_slots(self, n: int) -> None:
         if n:
-            async with self.slot_freed:
-                self.free += n
-                self.slot_freed.notify_all()
+            self.held -= n
+            self.slot_freed.set()
+
+    def capacity(self) -> int:
+        """How many jobs this worker holds at most: one per consumer, plus as many again fetched ahead
+        while jobs are short. Then consumers never wait for a Redis round trip between jobs; with long
+        jobs, nothing is held back from other workers that could start it now (Celery's prefetch
+        trap). Prefetched jobs are pending under our name like running ones: a crash recovers them
+        and a shutdown hands them back."""
+        concurrency = self.settings.concurrency
+        if self.typical_run is not None and self.typical_run < PREFETCH_BELOW:
+            return 2 * concurrency
+        return concurrency
 
     # -- running ------------------------------------------------------------------------------
 
@@ -211,25 +226,30 @@ class Worker:
             started = time.time()
             ctx = JobContext(job.id, job.type, job.queue, job.attempts, self.settings.plugins.get(job.type, {}),
                              log=functools.partial(self.log.emit_for, job))
-            attempt = asyncio.create_task(self.run(job, ctx))
-            self.running[job.id] = (job, attempt, ctx)
+            self.running[job.id] = (job, me, ctx)
             try:
-                outcome = await attempt
+                outcome = await self.run(job, ctx)
             except asyncio.CancelledError:
-                if me.cancelling() or job.id not in self.cancel_requested:
+                if self.stopping or job.id not in self.cancel_requested:
                     raise  # this worker is stopping: the job is handed back
                 outcome = Outcome(job, "cancelled", "cancelled on request while running")
             finally:
                 self.busy.discard(me)
                 self.running.pop(job.id, None)
+            if job.id in self.cancel_requested:
+                # The cancel was for this job only: the consumer itself goes on.
                 self.cancel_requested.discard(job.id)
+                while me.cancelling():
+                    me.uncancel()
             finished = time.time()
             self.metrics.observe_job(job.queue, job.type, started - job.due_at, finished - started)
+            run = finished - started
+            self.typical_run = run if self.typical_run is None else 0.9 * self.typical_run + 0.1 * run
             self.outcomes.append((outcome, started, finished))
             self.outcome_added.set()
             if self.stopping:
                 return
-            await self.release_slots(1)
+            self.release_slots(1)
 
     async def run(self, job: Job, ctx: JobContext) -> Outcome:
         """One attempt. Returns its outcome; raises only when cancelled."""

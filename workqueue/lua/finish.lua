@@ -1,12 +1,11 @@
 -- Record the outcome of finished attempts and acknowledge their deliveries, in one step, so a
 -- counter can never disagree with the job records.
--- KEYS[1] stats hash, KEYS[2] scheduled zset, KEYS[3] dead zset,
---   then per job 2 keys: its job hash, the stream that delivered it
+-- KEYS[1] stats hash, KEYS[2] scheduled zset, KEYS[3] dead zset (job hashes and streams share
+--   their hash tag: prefix..'job:'..id and prefix..'stream:'..level)
 -- ARGV[1] consumer group, ARGV[2] result TTL (ms), ARGV[3] dead TTL (ms),
 --   ARGV[4] dead-letter maximum size, ARGV[5] idempotency key TTL (ms), ARGV[6] the queue's key prefix 'wq:{q}:',
---   ARGV[7] how many recent timings to keep,
---   then per job 6 values: job id, delivery (stream entry id), outcome, data, retry-at (epoch ms),
---   task type;
+--   ARGV[7] how many recent timings to keep, ARGV[8] the outcomes as one JSON array, each
+--   [job id, delivery (stream entry id), outcome, data, retry-at (epoch ms), task type, stream level];
 --   outcome is 'succeeded' (data = result JSON), 'retry', 'dead' (data = error text) or 'cancelled'
 -- Returns per job 1 if recorded, 2 if the job had been cancelled meanwhile (acknowledged, result
 --   discarded), or 0 if the delivery was no longer this worker's (the job was recovered or handed to
@@ -40,11 +39,9 @@ local function ended(job, ttl)
   if idem then redis.call('PEXPIRE', idem, redis.call('HGET', job, 'key_ttl') or ARGV[5]) end
 end
 
-for i = 1, (#KEYS - 3) / 2 do
-  local a = 7 + (i - 1) * 6
-  local id, delivery, outcome, data = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-  local task_type = ARGV[a + 6]
-  local job, stream = KEYS[2 + i * 2], KEYS[3 + i * 2]
+for i, o in ipairs(cjson.decode(ARGV[8])) do
+  local id, delivery, outcome, data, retry_at, task_type = o[1], o[2], o[3], o[4], o[5], o[6]
+  local job, stream = ARGV[6] .. 'job:' .. id, ARGV[6] .. 'stream:' .. o[7]
   if redis.call('XACK', stream, ARGV[1], delivery) == 0 or redis.call('HGET', job, 'entry') ~= delivery then
     out[i] = 0
   else
@@ -64,9 +61,9 @@ for i = 1, (#KEYS - 3) / 2 do
       count('succeeded', task_type)
       out[i] = 1
     elseif outcome == 'retry' then
-      redis.call('HSET', job, 'status', 'retrying', 'error', data, 'run_at', tonumber(ARGV[a + 5]) / 1000)
+      redis.call('HSET', job, 'status', 'retrying', 'error', data, 'run_at', retry_at / 1000)
       redis.call('HDEL', job, 'entry')
-      redis.call('ZADD', KEYS[2], ARGV[a + 5], id)
+      redis.call('ZADD', KEYS[2], retry_at, id)
       counts.retried = counts.retried + 1
       count('failed', task_type)
       count('retried', task_type)
