@@ -31,9 +31,13 @@ class EventLog:
         self.closing = False
         self.task: asyncio.Task[None] | None = None
 
+    def enabled(self, event: str, level: str = "info") -> bool:
+        """Whether `emit` would write this event: lets a hot path skip building its fields."""
+        return LEVELS[level] >= self.threshold and event not in self.exclude and (not self.only or event in self.only)
+
     def emit(self, event: str, level: str = "info", **fields: Any) -> None:
         """Queue one event; fields that are None are left out."""
-        if LEVELS[level] < self.threshold or event in self.exclude or (self.only and event not in self.only):
+        if not self.enabled(event, level):
             return
         record = {"ts": rfc3339(time.time()), "level": level, "event": event}
         record.update((k, v) for k, v in fields.items() if v is not None)

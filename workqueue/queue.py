@@ -170,6 +170,8 @@ class Queue:
                 "which has a different type or payload", 409)
         if verdict == "full":
             raise QueueFull(f"queue {queue!r} is at its maximum length ({max_length}); try again later")
+        if dry_run:
+            return []
         rows = reply[1:]
         return [
             Enqueued(rows[i * 3].decode(), rows[i * 3 + 1].decode(), bool(int(rows[i * 3 + 2])), spec)
@@ -203,7 +205,9 @@ class Queue:
                     priority=int(priority or 0),
                 )
             )
-        return jobs, [c.decode() for c in cursors] if not jobs else []
+        # `wait` takes cursors highest level first, whatever order this fetch read the levels in.
+        ordered = [c.decode() for c in cursors][:: -1 if lowest_first else 1]
+        return jobs, ordered if not jobs else []
 
     async def wait(self, client: aioredis.Redis, queue: str, cursors: list[str], block_ms: int) -> None:
         """Block until an entry newer than the cursors appears on one of the queue's streams.

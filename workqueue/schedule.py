@@ -52,7 +52,8 @@ class Schedule:
         """The last tick at or before `at`."""
         if self.every is not None:
             return math.floor(at / self.every) * self.every
-        return float(croniter(self.cron, at + 0.001).get_prev(float))
+        # Cron ticks fall on whole seconds, and get_prev from a whole second is strictly before it.
+        return float(croniter(self.cron, math.floor(at) + 1).get_prev(float))
 
     @property
     def period(self) -> float:
@@ -147,6 +148,9 @@ class Scheduler:
                 self.log.emit("redis_unavailable", "warning", schedule=schedule.name, error=str(e))
                 await asyncio.sleep(0.5)
                 tick = schedule.next_tick(time.time())
+            except Exception as e:  # e.g. a 409 while a deploy runs two configs: keep the other ticks
+                self.log.emit("schedule_failed", "error", schedule=schedule.name, tick=tick, error=f"{type(e).__name__}: {e}")
+                tick = schedule.next_tick(max(tick, time.time()))
 
     async def catch_up(self, schedule: Schedule) -> None:
         """With missed = "once": if ticks passed while no worker ran, run the latest one now."""

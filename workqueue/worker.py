@@ -24,6 +24,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -49,6 +50,16 @@ PREFETCH_BELOW = 0.02
 REDIS_PAUSE = 0.5
 # How often the cancel counters are read: the delay before a running job's handler is cancelled.
 CANCEL_CHECK_INTERVAL = 0.2
+# How often running jobs' deadlines are checked: how late past its timeout an attempt is stopped.
+TIMEOUT_CHECK_INTERVAL = 0.05
+
+
+@dataclass(slots=True)
+class Running:
+    job: Job
+    consumer: asyncio.Task[None]
+    ctx: JobContext | None
+    deadline: float  # epoch seconds
 
 
 class Worker:
@@ -74,8 +85,8 @@ class Worker:
         self.closing = False  # background services end too (after the hand-back)
         self.recorder_done = False
         self.busy: set[asyncio.Task[None]] = set()  # consumers running a job right now
-        self.running: dict[str, tuple[Job, asyncio.Task[None], JobContext]] = {}  # by job id, with its consumer
-        self.cancel_requested: set[str] = set()
+        self.running: dict[str, Running] = {}  # by job id
+        self.interrupted: dict[str, str] = {}  # job id -> 'cancel' or 'timeout'
         self.executor = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="workqueue-job")
         self.fetcher: asyncio.Task[None] | None = None
         self.consumers: list[asyncio.Task[None]] = []
@@ -91,6 +102,7 @@ class Worker:
             asyncio.create_task(self.keep_alive(), name="workqueue-heartbeat"),
             asyncio.create_task(self.reap_forever(), name="workqueue-reaper"),
             asyncio.create_task(self.watch_cancels(), name="workqueue-cancel-watcher"),
+            asyncio.create_task(self.enforce_timeouts(), name="workqueue-timeouts"),
             *(asyncio.create_task(self.promote_forever(q), name=f"workqueue-promoter-{q}") for q in self.queues),
         ]
         schedules = parse_schedules(self.settings.schedule)
@@ -121,8 +133,9 @@ class Worker:
         if busy:
             self.log.emit("draining", worker=self.name, running=len(busy), grace_s=self.settings.grace_period)
             _, unfinished = await asyncio.wait(busy, timeout=self.settings.grace_period)
-            for _, _, ctx in self.running.values():
-                ctx.cancelled.set()
+            for held in self.running.values():
+                if held.ctx is not None:
+                    held.ctx.cancelled.set()
             await cancel_all(unfinished)
         if self.recorder is not None:
             self.recorder_done = True
@@ -224,23 +237,29 @@ class Worker:
             job = await self.ready.get()
             self.busy.add(me)
             started = time.time()
-            ctx = JobContext(job.id, job.type, job.queue, job.attempts, self.settings.plugins.get(job.type, {}),
-                             log=functools.partial(self.log.emit_for, job))
-            self.running[job.id] = (job, me, ctx)
+            task = self.tasks.get(job.type)
+            ctx = None
+            if task is not None and task.wants_context:
+                ctx = JobContext(job.id, job.type, job.queue, job.attempts, self.settings.plugins.get(job.type, {}),
+                                 log=functools.partial(self.log.emit_for, job))
+            self.running[job.id] = Running(job, me, ctx, started + job.timeout)
             try:
-                outcome = await self.run(job, ctx)
+                outcome = await self.run(job, task, ctx)
             except asyncio.CancelledError:
-                if self.stopping or job.id not in self.cancel_requested:
+                if job.id not in self.interrupted:
                     raise  # this worker is stopping: the job is handed back
-                outcome = Outcome(job, "cancelled", "cancelled on request while running")
+                outcome = Outcome(job, "cancelled", "")  # replaced below by the interruption's outcome
             finally:
                 self.busy.discard(me)
                 self.running.pop(job.id, None)
-            if job.id in self.cancel_requested:
-                # The cancel was for this job only: the consumer itself goes on.
-                self.cancel_requested.discard(job.id)
+            reason = self.interrupted.pop(job.id, None)
+            if reason is not None:
+                # The cancellation was for this job only (a cancel request or its timeout): the
+                # consumer goes on. Whatever the handler returned after it is discarded.
                 while me.cancelling():
                     me.uncancel()
+                outcome = (Outcome(job, "cancelled", "cancelled on request while running") if reason == "cancel"
+                           else self.failure(job, f"TimeoutError: attempt exceeded its timeout of {job.timeout:g} s"))
             finished = time.time()
             self.metrics.observe_job(job.queue, job.type, started - job.due_at, finished - started)
             run = finished - started
@@ -251,37 +270,31 @@ class Worker:
                 return
             self.release_slots(1)
 
-    async def run(self, job: Job, ctx: JobContext) -> Outcome:
+    async def run(self, job: Job, task: TaskType | None, ctx: JobContext | None) -> Outcome:
         """One attempt. Returns its outcome; raises only when cancelled."""
-        self.log.emit("started", job_id=job.id, type=job.type, queue=job.queue, attempt=job.attempts,
-                      wait_ms=round((time.time() - job.due_at) * 1000, 1))
-        task = self.tasks.get(job.type)
+        if self.log.enabled("started"):
+            self.log.emit("started", job_id=job.id, type=job.type, queue=job.queue, attempt=job.attempts,
+                          wait_ms=round((time.time() - job.due_at) * 1000, 1))
         if task is None:
             known = ", ".join(sorted(self.tasks)) or "none"
             return Outcome(job, "dead", f"unknown task type {job.type!r} at worker {self.name} (loaded: {known})")
-        deadline = asyncio.timeout(job.timeout)
         try:
             # Checked again here: the job may come from an older producer, or from before a deploy.
             check_payload(task.options, job.payload)
-            async with deadline:
-                result = await self.call(task, job, ctx)
+            result = await self.call(task, job, ctx)
             return Outcome(job, "succeeded", orjson.dumps(result).decode())
-        except TimeoutError as e:
-            ctx.cancelled.set()
-            error = (f"TimeoutError: attempt exceeded its timeout of {job.timeout:g} s" if deadline.expired()
-                     else describe(e))
         except (PermanentError, ValidationError) as e:
             return Outcome(job, "dead", describe(e))
         except Exception as e:  # one job's failure must never stop the worker
-            error = describe(e)
-        except asyncio.CancelledError:
-            ctx.cancelled.set()
-            raise
+            return self.failure(job, describe(e))
+
+    def failure(self, job: Job, error: str) -> Outcome:
+        """A failed attempt: retried after a backoff while attempts are left, else the job is dead."""
         if job.attempts > job.retries:
             return Outcome(job, "dead", error)
         return Outcome(job, "retry", error, retry_at=time.time() + self.backoff(job.attempts))
 
-    def call(self, task: TaskType, job: Job, ctx: JobContext) -> Awaitable[Any]:
+    def call(self, task: TaskType, job: Job, ctx: JobContext | None) -> Awaitable[Any]:
         kwargs: dict[str, Any] = {"ctx": ctx} if task.wants_context else {}
         if task.is_coroutine:
             return task.handler(job.payload, **kwargs)  # type: ignore[no-any-return]
@@ -296,12 +309,23 @@ class Worker:
 
     # -- cancelling ---------------------------------------------------------------------------
 
-    def cancel_running(self, job_id: str) -> None:
+    def interrupt(self, job_id: str, reason: str) -> None:
+        """Stop one running job's handler ('cancel' on request, or 'timeout'); the consumer goes on."""
         held = self.running.get(job_id)
-        if held is not None and job_id not in self.cancel_requested:
-            self.cancel_requested.add(job_id)
-            held[2].cancelled.set()
-            held[1].cancel()
+        if held is not None and job_id not in self.interrupted:
+            self.interrupted[job_id] = reason
+            if held.ctx is not None:
+                held.ctx.cancelled.set()  # all a plain function in a thread can be told
+            held.consumer.cancel()
+
+    async def enforce_timeouts(self) -> None:
+        """One watchdog for every running job's deadline, instead of a timer per job."""
+        while not self.closing:
+            now = time.time()
+            for job_id, held in list(self.running.items()):
+                if held.deadline <= now:
+                    self.interrupt(job_id, "timeout")
+            await asyncio.sleep(TIMEOUT_CHECK_INTERVAL)
 
     async def watch_cancels(self) -> None:
         """Poll the queues' cancel counters (one cheap read); when one moves, look at our jobs."""
@@ -311,10 +335,10 @@ class Worker:
             nonlocal seen
             counters = await self.queue.cancel_counters(self.queues)
             if counters != seen and self.running:
-                held = [job for job, _, _ in self.running.values()]
+                held = [r.job for r in self.running.values()]
                 for job, status in zip(held, await self.queue.statuses(held)):
                     if status == "cancelled":
-                        self.cancel_running(job.id)
+                        self.interrupt(job.id, "cancel")
             seen = counters
 
         await self.every(CANCEL_CHECK_INTERVAL, look)
@@ -347,6 +371,8 @@ class Worker:
         fields: dict[str, Any] = {"job_id": job.id, "type": job.type, "queue": job.queue, "attempt": job.attempts,
                                   "wait_ms": round(max(0.0, started - job.due_at) * 1000, 1),
                                   "duration_ms": round((finished - started) * 1000, 1)}
+        if not self.log.enabled(outcome.kind):
+            return
         if verdict == 0:
             self.log.emit("stale_outcome_refused", "warning", **fields,
                           error="the job was recovered by another worker while this one held it")

@@ -28,7 +28,7 @@ for s = 1, #KEYS do
         local attempts = redis.call('HINCRBY', job, 'attempts', 1)
         redis.call('HSET', job, 'status', 'active', 'started_at', now, 'worker', ARGV[2], 'entry', delivery)
         local f = redis.call('HMGET', job, 'type', 'payload', 'retries', 'timeout', 'enqueued_at', 'priority', 'run_at')
-        local due = tostring(math.max(tonumber(f[5]), tonumber(f[7]) or 0))
+        local due = string.format('%.17g', math.max(tonumber(f[5]), tonumber(f[7]) or 0))
         for _, v in ipairs({id, delivery, level, f[1], f[2], f[3], attempts, f[4], due, f[6]}) do
           jobs[#jobs + 1] = v
         end

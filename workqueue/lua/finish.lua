@@ -42,10 +42,11 @@ end
 for i, o in ipairs(cjson.decode(ARGV[8])) do
   local id, delivery, outcome, data, retry_at, task_type = o[1], o[2], o[3], o[4], o[5], o[6]
   local job, stream = ARGV[6] .. 'job:' .. id, ARGV[6] .. 'stream:' .. o[7]
-  if redis.call('XACK', stream, ARGV[1], delivery) == 0 or redis.call('HGET', job, 'entry') ~= delivery then
+  local acked = redis.call('XACK', stream, ARGV[1], delivery)
+  if acked == 1 then redis.call('XDEL', stream, delivery) end  -- ours to remove, whatever follows
+  if acked == 0 or redis.call('HGET', job, 'entry') ~= delivery then
     out[i] = 0
   else
-    redis.call('XDEL', stream, delivery)
     local status = redis.call('HGET', job, 'status')
     if status ~= 'cancelled' and outcome ~= 'cancelled' then time_attempt(job, task_type) end
     if status == 'cancelled' then
@@ -77,7 +78,8 @@ for i, o in ipairs(cjson.decode(ARGV[8])) do
     else
       redis.call('HSET', job, 'status', 'dead', 'finished_at', now, 'error', data)
       ended(job, ARGV[3])
-      redis.call('ZADD', KEYS[3], now, id)
+      -- Each death gets its own score, so paging through the dead set by score loses none.
+      redis.call('ZADD', KEYS[3], now + counts.failed / 1000000, id)
       counts.failed = counts.failed + 1
       count('failed', task_type)
       count('dead', task_type)

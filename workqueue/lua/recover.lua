@@ -42,7 +42,7 @@ local function requeue(stream, consumer)
   if #pending < limit then redis.call('XGROUP', 'DELCONSUMER', stream, ARGV[1], consumer) end
 end
 
-for s = 1, #KEYS - 1 do
+for s = #KEYS - 1, 1, -1 do  -- highest level first, so requeued jobs keep their priority order
   local stream = KEYS[s]
   if ARGV[5] == 'release' then
     requeue(stream, me)
