@@ -46,11 +46,14 @@ class ClusterCollector:
         age = GaugeMetricFamily("workqueue_oldest_waiting_job_age_seconds",
                                 "Age of the oldest job waiting to be picked up", labels=["queue"])
         for queue, row in self.queues():
+            totals: dict[tuple[str, str], int] = {}  # types unknown here add up under "other"
             for task_type, counts in row["types"].items():
                 label = task_type if task_type in self.known_types else "other"
                 for outcome in OUTCOMES:
                     if outcome in counts:
-                        jobs.add_metric([queue, label, outcome], counts[outcome])
+                        totals[(label, outcome)] = totals.get((label, outcome), 0) + counts[outcome]
+            for (label, outcome), n in sorted(totals.items()):
+                jobs.add_metric([queue, label, outcome], n)
             for name in STATES:
                 state.add_metric([queue, name], row[name])
             age.add_metric([queue], row["oldest_waiting_age_seconds"])
@@ -117,12 +120,29 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+FORMATS = {"application/json": "json", "text/plain": "text", "application/openmetrics-text": "openmetrics"}
+
+
 def wants_prometheus(accept: str) -> tuple[bool, bool]:
-    """(Prometheus format?, OpenMetrics?) for an Accept header; JSON stays the default."""
-    accept = accept.lower()
-    if "application/openmetrics-text" in accept:
-        return True, True
-    return "text/plain" in accept, False
+    """(Prometheus format?, OpenMetrics?) for an Accept header, honouring q-values; the format
+    named with the highest q wins (the first named, on a tie) and JSON stays the default."""
+    best, best_q = "json", 0.0
+    for part in accept.lower().split(","):
+        media, *params = (p.strip() for p in part.split(";"))
+        chosen = FORMATS.get(media)
+        if chosen is None:
+            continue
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        if q > best_q:
+            best, best_q = chosen, q
+    return best != "json", best == "openmetrics"
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float] | None:

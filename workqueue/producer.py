@@ -63,6 +63,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error(500, "internal error; see the service log")
 
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -86,8 +87,9 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         elapsed = time.perf_counter() - began
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        request.app[METRICS].observe_request(route, request.method, status, elapsed)
-        request.app[LOG].emit("http_request", request_id=request_id, method=request.method, route=route,
+        method = request.method if request.method in METHODS else "other"  # a bounded label
+        request.app[METRICS].observe_request(route, method, status, elapsed)
+        request.app[LOG].emit("http_request", request_id=request_id, method=method, route=route,
                               status=status, duration_ms=round(elapsed * 1000, 2))
 
 

@@ -23,6 +23,7 @@ stay pending under its name until another worker recovers them.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,6 +42,7 @@ GROUP = "workers"
 QUEUES_KEY = "wq:queues"
 WORKERS_KEY = "wq:workers"
 TIMINGS_KEPT = 1000  # attempts per queue behind the JSON percentiles
+JOBS_PER_SCRIPT = 5000  # most jobs one enqueue script writes (more requests wait for the next)
 LEVELS = 10  # priorities 0-9, one stream each
 
 
@@ -82,6 +84,8 @@ class Outcome:
     kind: str  # 'succeeded', 'retry', 'dead' or 'cancelled'
     data: str  # result JSON, or the error text
     retry_at: float = 0.0  # epoch seconds, for 'retry'
+    wait: float = 0.0  # seconds from due to the real start (not the fetch: jobs may be fetched ahead)
+    run: float = 0.0  # seconds the attempt ran
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +109,9 @@ class Queue:
             for name in ("enqueue", "fetch", "finish", "promote", "recover", "cancel", "redrive", "stats")
         }
         self.known_queues: set[str] = set()
+        # Requests waiting to be enqueued together, per queue, and the queues being flushed now.
+        self.waiting: dict[str, list[tuple[list[JobSpec], int, asyncio.Future[list[Enqueued]]]]] = {}
+        self.flushing: set[str] = set()
 
     async def ensure_queue(self, queue: str) -> None:
         """Create the queue's streams and consumer groups once per process (id 0: no job skipped)."""
@@ -130,7 +137,7 @@ class Queue:
     # -- producing ----------------------------------------------------------------------------
 
     async def enqueue(self, specs: Sequence[JobSpec], max_lengths: Mapping[str, int]) -> list[Enqueued]:
-        """Store and publish jobs; each queue's share is one atomic script call.
+        """Store and publish one request's jobs, all or nothing.
 
         Raises ValidationError (409) when an idempotency key names different work, QueueFull when a
         queue is at its maximum length; either way nothing is enqueued.
@@ -138,45 +145,93 @@ class Queue:
         by_queue: dict[str, list[int]] = {}
         for i, spec in enumerate(specs):
             by_queue.setdefault(spec.queue, []).append(i)
-        if len(by_queue) > 1:
-            # One script per queue (separate cluster slots), so check every queue before writing any.
-            for queue, indexes in by_queue.items():
-                await self.enqueue_queue(queue, [specs[i] for i in indexes], max_lengths.get(queue, 0), dry_run=True)
+        if len(by_queue) == 1:
+            (queue,) = by_queue
+            return await self.join(queue, list(specs), max_lengths.get(queue, 0))
+        # One script per queue (separate cluster slots), so check every queue before writing any.
+        for queue, indexes in by_queue.items():
+            (verdict,) = await self.run_enqueue(queue, [[specs[i] for i in indexes]], max_lengths.get(queue, 0), True)
+            if isinstance(verdict, Exception):
+                raise verdict
         answers: dict[int, Enqueued] = {}
         for queue, indexes in by_queue.items():
-            done = await self.enqueue_queue(queue, [specs[i] for i in indexes], max_lengths.get(queue, 0))
+            (done,) = await self.run_enqueue(queue, [[specs[i] for i in indexes]], max_lengths.get(queue, 0))
+            if isinstance(done, Exception):
+                raise done
             answers.update(zip(indexes, done))
         return [answers[i] for i in range(len(specs))]
 
-    async def enqueue_queue(self, queue: str, specs: list[JobSpec], max_length: int, dry_run: bool = False) -> list[Enqueued]:
+    async def join(self, queue: str, specs: list[JobSpec], max_length: int) -> list[Enqueued]:
+        """Enqueue together with the other requests that arrive meanwhile: one script call carries
+        them all (each still all or nothing), so concurrent requests share one round trip."""
+        future: asyncio.Future[list[Enqueued]] = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(queue, []).append((specs, max_length, future))
+        if queue not in self.flushing:
+            self.flushing.add(queue)
+            asyncio.create_task(self.flush(queue), name=f"workqueue-enqueue-{queue}")
+        return await future
+
+    async def flush(self, queue: str) -> None:
+        try:
+            while self.waiting.get(queue):
+                waiting = self.waiting[queue]
+                # Bound one script's work: Redis runs nothing else while a script runs.
+                size, cut = 0, 0
+                while cut < len(waiting) and (cut == 0 or size + len(waiting[cut][0]) <= JOBS_PER_SCRIPT):
+                    size += len(waiting[cut][0])
+                    cut += 1
+                batch, self.waiting[queue] = waiting[:cut], waiting[cut:]
+                try:
+                    results = await self.run_enqueue(queue, [specs for specs, _, _ in batch], batch[0][1])
+                except BaseException as e:  # Redis unreachable: every request of the batch hears it
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(e)
+                    if isinstance(e, asyncio.CancelledError):
+                        raise
+                    continue
+                for (_, _, future), result in zip(batch, results):
+                    if not future.done():
+                        if isinstance(result, Exception):
+                            future.set_exception(result)
+                        else:
+                            future.set_result(result)
+        finally:
+            self.flushing.discard(queue)
+
+    async def run_enqueue(self, queue: str, requests: list[list[JobSpec]], max_length: int,
+                          dry_run: bool = False) -> list[list[Enqueued] | Exception]:
+        """One enqueue script call for several requests; per request its jobs, or the error refusing it."""
         await self.ensure_queue(queue)
-        ids = new_ids(len(specs))
         now = time.time()
-        jobs = [
-            [job_id, s.type, orjson.dumps(s.payload).decode(), s.retries, s.timeout, s.priority,
-             ms(s.run_at) if s.run_at is not None and s.run_at > now else 0,
-             idempotency_key(queue, s.key) if s.key else "", fingerprint(s) if s.key else "", ms(s.key_ttl or 0)]
-            for job_id, s in zip(ids, specs)
-        ]
-        reply = await self.scripts["enqueue"](
+        payload: list[list[list[Any]]] = []
+        for specs in requests:
+            ids = new_ids(len(specs))
+            payload.append([
+                [job_id, s.type, orjson.dumps(s.payload).decode(), s.retries, s.timeout, s.priority,
+                 ms(s.run_at) if s.run_at is not None and s.run_at > now else 0,
+                 idempotency_key(queue, s.key) if s.key else "", fingerprint(s) if s.key else "", ms(s.key_ttl or 0)]
+                for job_id, s in zip(ids, specs)
+            ])
+        replies = await self.scripts["enqueue"](
             keys=[key(queue, "stats"), key(queue, "scheduled")],
-            args=[queue, max_length, LEVELS, key(queue, ""), "1" if dry_run else "0", orjson.dumps(jobs)],
+            args=[queue, max_length, LEVELS, key(queue, ""), "1" if dry_run else "0", orjson.dumps(payload)],
         )
-        verdict = reply[0].decode()
-        if verdict == "conflict":
-            index, existing = int(reply[1]) - 1, reply[2].decode()
-            raise ValidationError(
-                f"key: idempotency key {specs[index].key!r} already belongs to job {existing}, "
-                "which has a different type or payload", 409)
-        if verdict == "full":
-            raise QueueFull(f"queue {queue!r} is at its maximum length ({max_length}); try again later")
-        if dry_run:
-            return []
-        rows = reply[1:]
-        return [
-            Enqueued(rows[i * 3].decode(), rows[i * 3 + 1].decode(), bool(int(rows[i * 3 + 2])), spec)
-            for i, spec in enumerate(specs)
-        ]
+        out: list[list[Enqueued] | Exception] = []
+        for specs, reply in zip(requests, replies):
+            verdict = reply[0].decode()
+            if verdict == "conflict":
+                index, existing = int(reply[1]) - 1, reply[2].decode()
+                out.append(ValidationError(
+                    f"key: idempotency key {specs[index].key!r} already belongs to job {existing}, "
+                    "which has a different type or payload", 409))
+            elif verdict == "full":
+                out.append(QueueFull(f"queue {queue!r} is at its maximum length ({max_length}); try again later"))
+            else:
+                rows = reply[1:]
+                out.append([Enqueued(rows[i * 3].decode(), rows[i * 3 + 1].decode(), bool(int(rows[i * 3 + 2])), spec)
+                            for i, spec in enumerate(specs)] if not dry_run else [])
+        return out
 
     # -- consuming ----------------------------------------------------------------------------
 
@@ -229,7 +284,8 @@ class Queue:
         for i, outcome in enumerate(outcomes):
             by_queue.setdefault(outcome.job.queue, []).append(i)
         for queue, indexes in by_queue.items():
-            batch = [(o.job.id, o.job.delivery, o.kind, o.data, ms(o.retry_at), o.job.type, o.job.level)
+            batch = [(o.job.id, o.job.delivery, o.kind, o.data, ms(o.retry_at), o.job.type, o.job.level,
+                      round(o.wait * 1000, 1), round(o.run * 1000, 1))
                      for o in (outcomes[i] for i in indexes)]
             flags = await self.scripts["finish"](
                 keys=[key(queue, "stats"), key(queue, "scheduled"), key(queue, "dead")],

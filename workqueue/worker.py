@@ -24,7 +24,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -264,6 +264,7 @@ class Worker:
             self.metrics.observe_job(job.queue, job.type, started - job.due_at, finished - started)
             run = finished - started
             self.typical_run = run if self.typical_run is None else 0.9 * self.typical_run + 0.1 * run
+            outcome = replace(outcome, wait=max(0.0, started - job.due_at), run=run)
             self.outcomes.append((outcome, started, finished))
             self.outcome_added.set()
             if self.stopping:
@@ -367,24 +368,27 @@ class Worker:
                 self.log_outcome(outcome, started, finished, verdict)
 
     def log_outcome(self, outcome: Outcome, started: float, finished: float, verdict: int) -> None:
+        if verdict == 0:
+            event, level = "stale_outcome_refused", "warning"
+        elif verdict == 2 or outcome.kind == "cancelled":
+            event, level = "cancelled", "info"
+        else:
+            event, level = {"succeeded": ("succeeded", "info"), "retry": ("retrying", "warning")}.get(
+                outcome.kind, ("dead", "error"))
+        if not self.log.enabled(event, level):
+            return
         job = outcome.job
         fields: dict[str, Any] = {"job_id": job.id, "type": job.type, "queue": job.queue, "attempt": job.attempts,
                                   "wait_ms": round(max(0.0, started - job.due_at) * 1000, 1),
                                   "duration_ms": round((finished - started) * 1000, 1)}
-        if not self.log.enabled(outcome.kind):
-            return
-        if verdict == 0:
-            self.log.emit("stale_outcome_refused", "warning", **fields,
-                          error="the job was recovered by another worker while this one held it")
-        elif verdict == 2 or outcome.kind == "cancelled":
-            self.log.emit("cancelled", **fields)
-        elif outcome.kind == "succeeded":
-            self.log.emit("succeeded", **fields)
-        elif outcome.kind == "retry":
-            self.log.emit("retrying", "warning", **fields, error=outcome.data,
-                          retry_in_ms=round((outcome.retry_at - finished) * 1000))
-        else:
-            self.log.emit("dead", "error", **fields, error=outcome.data)
+        if event == "stale_outcome_refused":
+            fields["error"] = "the job was recovered by another worker while this one held it"
+        elif event == "retrying":
+            fields["error"] = outcome.data
+            fields["retry_in_ms"] = round((outcome.retry_at - finished) * 1000)
+        elif event == "dead":
+            fields["error"] = outcome.data
+        self.log.emit(event, level, **fields)
 
     # -- leases, recovery, scheduled jobs -----------------------------------------------------
 

@@ -5,7 +5,8 @@
 -- ARGV[1] consumer group, ARGV[2] result TTL (ms), ARGV[3] dead TTL (ms),
 --   ARGV[4] dead-letter maximum size, ARGV[5] idempotency key TTL (ms), ARGV[6] the queue's key prefix 'wq:{q}:',
 --   ARGV[7] how many recent timings to keep, ARGV[8] the outcomes as one JSON array, each
---   [job id, delivery (stream entry id), outcome, data, retry-at (epoch ms), task type, stream level];
+--   [job id, delivery (stream entry id), outcome, data, retry-at (epoch ms), task type, stream level,
+--   wait (ms, due to the real start), run (ms), both measured by the worker];
 --   outcome is 'succeeded' (data = result JSON), 'retry', 'dead' (data = error text) or 'cancelled'
 -- Returns per job 1 if recorded, 2 if the job had been cancelled meanwhile (acknowledged, result
 --   discarded), or 0 if the delivery was no longer this worker's (the job was recovered or handed to
@@ -23,13 +24,11 @@ local function count(outcome, task_type)
 end
 
 -- "type wait_ms run_ms" of one attempt, for the percentiles /metrics shows without Prometheus.
-local function time_attempt(job, task_type)
-  local t = redis.call('HMGET', job, 'enqueued_at', 'started_at', 'run_at')
-  local started = tonumber(t[2])
-  if not started then return end
-  local due = math.max(tonumber(t[1]) or started, tonumber(t[3]) or 0)
-  timings[#timings + 1] = string.format('%s %.1f %.1f', task_type, math.max(0, started - due) * 1000,
-    (now - started) * 1000)
+-- The worker measured them: a job fetched ahead starts later than its fetch. Its record gets
+-- the real start too, on this server's clock.
+local function time_attempt(job, task_type, wait, run)
+  timings[#timings + 1] = string.format('%s %.1f %.1f', task_type, wait, run)
+  redis.call('HSET', job, 'started_at', string.format('%.17g', now - run / 1000))
 end
 
 local function ended(job, ttl)
@@ -48,7 +47,7 @@ for i, o in ipairs(cjson.decode(ARGV[8])) do
     out[i] = 0
   else
     local status = redis.call('HGET', job, 'status')
-    if status ~= 'cancelled' and outcome ~= 'cancelled' then time_attempt(job, task_type) end
+    if status ~= 'cancelled' and outcome ~= 'cancelled' then time_attempt(job, task_type, o[8], o[9]) end
     if status == 'cancelled' then
       ended(job, ARGV[2])
       counts.cancelled = counts.cancelled + 1
