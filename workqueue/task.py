@@ -7,9 +7,10 @@
     async def send_sms(payload, ctx):
         ...
 
-The schema is JSON Schema (draft 2020-12). The producer checks it at enqueue (422 naming the
-field) and the worker checks it again before running, since a job may have been enqueued by an
-older producer. `validate`, if given, is a function for checks JSON Schema cannot express (an
+The schema is JSON Schema (draft 7), compiled once by fastjsonschema: checking a payload costs
+about a microsecond, so it can sit on the enqueue path. The producer checks it at enqueue (422
+naming the field) and the worker checks it again before running, since a job may have been
+enqueued by an older producer. `validate`, if given, is a function for checks JSON Schema cannot express (an
 email address that parses, a path inside a directory); it raises ValueError with a message that
 starts with the field name, e.g. "to: 'x@' is not an email address".
 """
@@ -20,9 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-from jsonschema.exceptions import best_match
+import fastjsonschema
 
 from .errors import PluginError, ValidationError
 
@@ -36,7 +35,7 @@ class TaskOptions:
     timeout: float | None = None
     retries: int | None = None
     validate: Callable[[dict[str, Any]], None] | None = None
-    validator: Draft202012Validator | None = field(default=None, compare=False)
+    validator: Callable[[Any], Any] | None = field(default=None, compare=False)
 
 
 def task(
@@ -54,10 +53,9 @@ def task(
     validator = None
     if schema is not None:
         try:
-            Draft202012Validator.check_schema(schema)
-        except SchemaError as e:
-            raise PluginError(f"task(schema=...): not a valid JSON Schema: {e.message}") from e
-        validator = Draft202012Validator(schema)
+            validator = fastjsonschema.compile(dict(schema))
+        except fastjsonschema.JsonSchemaDefinitionException as e:
+            raise PluginError(f"task(schema=...): not a valid JSON Schema: {e}") from e
     options = TaskOptions(schema, timeout, retries, validate, validator)
 
     def mark(handler: F) -> F:
@@ -75,10 +73,13 @@ def options_of(handler: Callable[..., Any]) -> TaskOptions:
 def check_payload(options: TaskOptions, payload: dict[str, Any], where: str = "payload") -> None:
     """Raise ValidationError (422) naming the first field that does not fit the declaration."""
     if options.validator is not None:
-        error = best_match(options.validator.iter_errors(payload))
-        if error is not None:
-            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-            raise ValidationError(f"{where}{path}: {error.message}", 422)
+        try:
+            options.validator(payload)
+        except fastjsonschema.JsonSchemaValueException as e:
+            # e.path is ["data", "to", 1]; e.message starts with e.name ("data.to[1] must be ...").
+            path = "".join(f"[{p}]" if str(p).isdigit() else f".{p}" for p in (e.path or ["data"])[1:])
+            reason = e.message[len(e.name):].strip() if e.name and e.message.startswith(e.name) else e.message
+            raise ValidationError(f"{where}{path}: {reason}", 422) from None
     if options.validate is not None:
         try:
             options.validate(payload)
