@@ -462,7 +462,7 @@ async def test_finish_refuses_a_stale_outcome_after_release_requeued_the_job(que
     assert counters(await queue.stats()) == counters(before)
     # Still there to be run, from the top level: a new fetch delivers it as attempt 2.
     (again,) = await fetch_all(queue, "b")
-    assert (again.id, again.attempts, again.level, again.priority) == (job_id, 2, 9, 1)
+    assert (again.id, again.attempts, again.level, again.priority) == (job_id, 1, 9, 1)  # a handed-back attempt does not count
     assert (again.level, again.delivery) != (old.level, old.delivery)
     assert await queue.finish([Outcome(old, "dead", "E: stale")]) == [0]  # nor when another worker holds it
     assert await status(client, job_id) == "active"
@@ -1098,7 +1098,7 @@ async def test_the_same_scripts_work_on_the_embedded_fakeredis_store() -> None:
         assert (empty, len(cursors)) == ([], LEVELS)
         assert await queue.recover(Q, "b", release=True) == (1, [])  # hands back `last`
         (again,), _ = await queue.fetch(Q, "c", 5)
-        assert (again.id, again.level, again.attempts) == (keyed, 9, 2)
+        assert (again.id, again.level, again.attempts) == (keyed, 9, 1)  # a handed-back attempt does not count
         assert await queue.finish([Outcome(jobs[0], "succeeded", "1"), Outcome(jobs[1], "dead", "E"),
                                    Outcome(last, "succeeded", "stale"),
                                    Outcome(again, "retry", "E", retry_at=time.time() - 1)]) == [1, 1, 0, 1]

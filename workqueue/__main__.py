@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     app = create_app(settings, tasks)
     print(f"workqueue: {settings.role} on http://{settings.host}:{settings.port} "
           f"({', '.join(sorted(tasks)) or 'no task types'})", file=sys.stderr, flush=True)
-    web.run_app(app, host=settings.host, port=settings.port, print=None,
+    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
                 shutdown_timeout=5, handle_signals=True)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -34,6 +34,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JSON_TYPES = ("application/json",)
+MAX_DEPTH = 64  # JSON nesting a request may have; payloads, schemas and scripts all handle it
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -123,9 +124,24 @@ async def read_json(request: web.Request, limit: int) -> Any:
     if not body.strip():
         raise ValidationError("body: empty; expected a JSON job object or an array of them", 400)
     try:
-        return orjson.loads(body)
+        decoded = orjson.loads(body)  # C code with its own nesting limit: nothing of ours recurses yet
     except orjson.JSONDecodeError as e:
         raise ValidationError(f"body: invalid JSON ({e})", 400) from e
+    if too_deep(decoded, MAX_DEPTH):
+        raise ValidationError(f"body: JSON nested deeper than {MAX_DEPTH} levels", 400)
+    return decoded
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """Whether containers nest deeper than `limit`; iterative, so a hostile body cannot recurse."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 async def enqueue(request: web.Request) -> web.Response:

@@ -112,6 +112,8 @@ class Queue:
         # Requests waiting to be enqueued together, per queue, and the queues being flushed now.
         self.waiting: dict[str, list[tuple[list[JobSpec], int, asyncio.Future[list[Enqueued]]]]] = {}
         self.flushing: set[str] = set()
+        # (queue, job id) of poison jobs `fetch` made dead, for the worker to log.
+        self.buried: list[tuple[str, str]] = []
 
     async def ensure_queue(self, queue: str) -> None:
         """Create the queue's streams and consumer groups once per process (id 0: no job skipped)."""
@@ -239,9 +241,11 @@ class Queue:
         """Deliver up to `count` waiting jobs, highest priority first (lowest first when asked, so
         low priorities are never starved for good). Returns (jobs, cursors for `wait`)."""
         order = streams(queue) if lowest_first else streams(queue)[::-1]
-        jobs_flat, cursors = await self.scripts["fetch"](
-            keys=order, args=[GROUP, consumer, count, key(queue, "")]
+        jobs_flat, cursors, buried = await self.scripts["fetch"](
+            keys=order, args=[GROUP, consumer, count, key(queue, ""), ms(self.retention.dead_ttl),
+                              ms(self.retention.key_ttl)]
         )
+        self.buried.extend((queue, b.decode()) for b in buried)
         jobs = []
         for i in range(0, len(jobs_flat), 10):
             job_id, delivery, level, task_type, payload, retries, attempts, timeout, due_at, priority = jobs_flat[i : i + 10]

@@ -2,8 +2,13 @@
 -- streams in the order given (normally highest level first).
 -- KEYS[1..n] the queue's level streams, in reading order
 -- ARGV[1] consumer group, ARGV[2] consumer (worker) name, ARGV[3] count,
---   ARGV[4] the queue's key prefix 'wq:{q}:' (job hashes are prefix..'job:'..id, same hash slot)
--- Returns {jobs, cursors}: jobs is a flat list, 10 values per job: id, delivery (stream entry id),
+--   ARGV[4] the queue's key prefix 'wq:{q}:' (job hashes are prefix..'job:'..id, the dead set
+--   prefix..'dead', the stats prefix..'stats': all in the same hash slot),
+--   ARGV[5] dead TTL (ms), ARGV[6] idempotency key TTL (ms)
+-- A job about to start more often than its retries allow has crashed its workers every time (a
+-- retry after a failure never gets here past its limit): it is made dead instead of delivered,
+-- so a poison job cannot crash-loop the fleet.
+-- Returns {jobs, cursors, buried}: buried lists the ids of the jobs made dead that way; jobs is a flat list, 10 values per job: id, delivery (stream entry id),
 --   level, type, payload, retries, attempts, timeout, due (enqueue time, or run_at if later), priority;
 --   cursors, only when no job was delivered, has per stream the group's last delivered entry id,
 --   from where a blocking XREAD waits for the next job.
@@ -12,6 +17,7 @@ local clock = redis.call('TIME')
 local now = clock[1] + clock[2] / 1000000
 local wanted = tonumber(ARGV[3])
 local jobs = {}
+local buried = {}
 local delivered = 0
 for s = 1, #KEYS do
   local stream = KEYS[s]
@@ -24,8 +30,25 @@ for s = 1, #KEYS do
       local delivery, id = entry[1], entry[2][2]
       local job = ARGV[4] .. 'job:' .. id
       local status = redis.call('HGET', job, 'status')
+      local attempts = 0
       if status == 'queued' then
-        local attempts = redis.call('HINCRBY', job, 'attempts', 1)
+        attempts = redis.call('HINCRBY', job, 'attempts', 1)
+        if attempts > tonumber(redis.call('HGET', job, 'retries')) + 1 then status = 'poison' end
+      end
+      if status == 'poison' then
+        redis.call('XACK', stream, ARGV[1], delivery)
+        redis.call('XDEL', stream, delivery)
+        redis.call('HSET', job, 'status', 'dead', 'finished_at', now, 'error', string.format(
+          'exceeded its delivery limit: the worker running it died each of its %d attempts', attempts - 1))
+        redis.call('HDEL', job, 'entry')
+        redis.call('PEXPIRE', job, ARGV[5])
+        local idem = redis.call('HGET', job, 'key')
+        if idem then redis.call('PEXPIRE', idem, redis.call('HGET', job, 'key_ttl') or ARGV[6]) end
+        redis.call('ZADD', ARGV[4] .. 'dead', now, id)
+        redis.call('HINCRBY', ARGV[4] .. 'stats', 'failed', 1)
+        redis.call('HINCRBY', ARGV[4] .. 'stats', 'dead|' .. redis.call('HGET', job, 'type'), 1)
+        buried[#buried + 1] = id
+      elseif status == 'queued' then
         redis.call('HSET', job, 'status', 'active', 'started_at', now, 'worker', ARGV[2], 'entry', delivery)
         local f = redis.call('HMGET', job, 'type', 'payload', 'retries', 'timeout', 'enqueued_at', 'priority', 'run_at')
         local due = string.format('%.17g', math.max(tonumber(f[5]), tonumber(f[7]) or 0))
@@ -52,4 +75,4 @@ if delivered == 0 then
     end
   end
 end
-return {jobs, cursors}
+return {jobs, cursors, buried}

@@ -31,6 +31,9 @@ local function requeue(stream, consumer)
         redis.call('HSET', job, 'status', 'queued', 'entry', entry, 'level', top_level)
         if ARGV[5] == 'reap' then
           redis.call('HINCRBY', stats, 'recovered|' .. (redis.call('HGET', job, 'type') or '?'), 1)
+        else
+          -- Handed back at a graceful shutdown: that attempt did not fail, it does not count.
+          redis.call('HINCRBY', job, 'attempts', -1)
         end
         moved = moved + 1
       elseif status == 'cancelled' then
