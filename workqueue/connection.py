@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry as SyncRetry
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -19,15 +21,18 @@ BLOCK_MS = 1000
 
 @dataclass(frozen=True, slots=True)
 class Clients:
-    """`main` serves ordinary commands; `blocking` serves XREADGROUP BLOCK so waits never queue
-    ordinary commands behind them, and gets a socket timeout longer than the block."""
+    """`main` serves ordinary commands; `blocking` serves blocking XREADs so waits never queue
+    ordinary commands behind them, and gets a socket timeout longer than the block; `threaded` is
+    a synchronous client for the worker's heartbeat thread."""
 
     main: aioredis.Redis
     blocking: aioredis.Redis
+    threaded: redis.Redis
 
     async def close(self) -> None:
         await self.blocking.aclose()
         await self.main.aclose()
+        self.threaded.close()
 
 
 def connect(url: str, timeout: float) -> Clients:
@@ -35,18 +40,22 @@ def connect(url: str, timeout: float) -> Clients:
         return embedded()
     # One quick retry rides over a dropped connection; more would turn an outage into a hang,
     # and the producer must answer 503 fast instead.
+    options = dict(
+        socket_connect_timeout=timeout,
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        health_check_interval=30,
+    )
+
     def client(socket_timeout: float) -> aioredis.Redis:
         return aioredis.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=1),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-            health_check_interval=30,
-            max_connections=256,
+            url, socket_timeout=socket_timeout, max_connections=256,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=1), **options,
         )
 
-    return Clients(main=client(timeout), blocking=client(BLOCK_MS / 1000 + timeout))
+    threaded = redis.Redis.from_url(
+        url, socket_timeout=timeout, retry=SyncRetry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=1), **options,
+    )
+    return Clients(main=client(timeout), blocking=client(BLOCK_MS / 1000 + timeout), threaded=threaded)
 
 
 def embedded() -> Clients:
@@ -57,6 +66,7 @@ def embedded() -> Clients:
     return Clients(
         main=fakeredis.FakeAsyncRedis(server=server),
         blocking=fakeredis.FakeAsyncRedis(server=server),
+        threaded=fakeredis.FakeRedis(server=server),
     )
 
 

@@ -30,6 +30,7 @@ class EventLog:
         self.wakeup = asyncio.Event()
         self.closing = False
         self.task: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def enabled(self, event: str, level: str = "info") -> bool:
         """Whether `emit` would write this event: lets a hot path skip building its fields."""
@@ -37,18 +38,29 @@ class EventLog:
 
     def emit(self, event: str, level: str = "info", **fields: Any) -> None:
         """Queue one event; fields that are None are left out."""
+        if self.append(event, level, fields):
+            self.wakeup.set()
+
+    def append(self, event: str, level: str, fields: dict[str, Any]) -> bool:
         if not self.enabled(event, level):
-            return
+            return False
         record = {"ts": rfc3339(time.time()), "level": level, "event": event}
         record.update((k, v) for k, v in fields.items() if v is not None)
         self.lines.append(orjson.dumps(record, default=str) + b"\n")
-        self.wakeup.set()
+        return True
 
     def emit_for(self, job: Any, event: str, level: str = "info", **fields: Any) -> None:
         """An event about one job (what a handler's ctx.log writes)."""
         self.emit(event, level, job_id=job.id, type=job.type, queue=job.queue, attempt=job.attempts, **fields)
 
+    def emit_threadsafe(self, event: str, level: str = "info", **fields: Any) -> None:
+        """`emit` from another thread: the line goes into the buffer (a list append is atomic) and
+        the writer is woken through the loop, whenever the loop runs again."""
+        if self.append(event, level, fields) and self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.wakeup.set)
+
     def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.task = asyncio.create_task(self.write_forever(), name="workqueue-log-writer")
 
     async def write_forever(self) -> None:

@@ -312,11 +312,9 @@ class Queue:
     # -- leases -------------------------------------------------------------------------------
 
     async def heartbeat(self, queues: Iterable[str], consumer: str, lease: float, about: dict[str, Any]) -> None:
-        """Renew the lease on every queue served, and publish what this worker is doing."""
+        """Renew a worker's lease (what the worker's heartbeat thread does, for async callers)."""
         async with self.client.pipeline(transaction=False) as pipe:
-            for queue in queues:
-                pipe.set(key(queue, f"worker:{consumer}"), "1", px=ms(lease))
-            pipe.hset(WORKERS_KEY, consumer, orjson.dumps({**about, "last_heartbeat": time.time(), "lease": lease}))
+            queue_heartbeat(pipe, queues, consumer, lease, about)
             await pipe.execute()
 
     async def forget_worker(self, queues: Iterable[str], consumer: str) -> None:
@@ -484,6 +482,14 @@ class Queue:
             task_type, wait, run = raw.decode().rsplit(" ", 2)
             rows.append((task_type, float(wait), float(run)))
         return rows
+
+
+def queue_heartbeat(pipe: Any, queues: Iterable[str], consumer: str, lease: float, about: dict[str, Any]) -> None:
+    """Queue on a pipeline (sync or async) the commands that renew a worker's lease on every queue
+    it serves and publish what it is doing."""
+    for queue in queues:
+        pipe.set(key(queue, f"worker:{consumer}"), "1", px=ms(lease))
+    pipe.hset(WORKERS_KEY, consumer, orjson.dumps({**about, "last_heartbeat": time.time(), "lease": lease}))
 
 
 def ms(seconds: float) -> int:

@@ -5,7 +5,8 @@ Tasks of one worker process:
                               weighted order, and when there are none waits on XREAD (no polling)
     consumer x concurrency    runs one job at a time; plain-function handlers go to a thread
     recorder                  records finished attempts in batches (one script call per queue)
-    heartbeat                 renews this process's lease, and checks for cancelled running jobs
+    heartbeat (a thread)      renews this process's lease even while a handler blocks the loop
+    lease watch               stops our jobs if the lease lapsed anyway (the process was paused)
     reaper                    requeues the jobs of workers whose lease expired (crash recovery)
     promoter (one per queue)  moves delayed jobs and retries whose time has come onto the queue
     cancel watcher            cancels running jobs whose cancellation was requested
@@ -20,11 +21,13 @@ import functools
 import os
 import random
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -34,6 +37,7 @@ from .config import Settings
 from .connection import BLOCK_MS, UNAVAILABLE, Clients
 from .errors import PermanentError, ValidationError
 from .job import Job, JobContext
+from .heartbeat import Heartbeat
 from .logs import EventLog
 from .metrics import Metrics
 from .plugins import TaskType
@@ -96,10 +100,12 @@ class Worker:
     async def start(self) -> None:
         for queue in self.queues:
             await self.queue.ensure_queue(queue)
-        # The first heartbeat comes before the first fetch, so no reaper can mistake us for dead.
-        await self.heartbeat()
+        self.heartbeat = Heartbeat(self.clients.threaded, self.queues, self.name, self.settings.lease, self.describe,
+                                   plugin_sources(self.tasks), self.log)
+        await asyncio.to_thread(self.heartbeat.start_beating)
+        self.heartbeat.start()
         self.services = [
-            asyncio.create_task(self.keep_alive(), name="workqueue-heartbeat"),
+            asyncio.create_task(self.watch_lease(), name="workqueue-lease-watch"),
             asyncio.create_task(self.reap_forever(), name="workqueue-reaper"),
             asyncio.create_task(self.watch_cancels(), name="workqueue-cancel-watcher"),
             asyncio.create_task(self.enforce_timeouts(), name="workqueue-timeouts"),
@@ -152,6 +158,7 @@ class Worker:
                 self.log.emit("release_failed", "error", worker=self.name, queue=queue, error=str(e))
         self.closing = True
         await cancel_all(self.services)
+        await asyncio.to_thread(self.heartbeat.stop)
         with contextlib.suppress(*UNAVAILABLE):
             await self.queue.forget_worker(self.queues, self.name)
         # Threads still running a timed-out or abandoned handler are not waited for.
@@ -239,6 +246,9 @@ class Worker:
         assert me is not None
         while True:
             job = await self.ready.get()
+            if self.heartbeat.lapsed():
+                self.release_slots(1)  # our lease lapsed while it waited: watch_lease hands it back
+                continue
             self.busy.add(me)
             started = time.time()
             task = self.tasks.get(job.type)
@@ -257,6 +267,12 @@ class Worker:
                 self.busy.discard(me)
                 self.running.pop(job.id, None)
             reason = self.interrupted.pop(job.id, None)
+            if reason == "lost":
+                # Another worker has this job now; any outcome of ours would be refused anyway.
+                while me.cancelling():
+                    me.uncancel()
+                self.release_slots(1)
+                continue
             if reason is not None:
                 # The cancellation was for this job only (a cancel request or its timeout): the
                 # consumer goes on. Whatever the handler returned after it is discarded.
@@ -396,14 +412,32 @@ class Worker:
 
     # -- leases, recovery, scheduled jobs -----------------------------------------------------
 
-    async def keep_alive(self) -> None:
-        await self.every(self.settings.lease / 3, self.heartbeat)
+    def describe(self) -> dict[str, Any]:
+        """What /workers shows of this worker (called from the heartbeat thread)."""
+        return {"host": socket.gethostname(), "pid": os.getpid(), "queues": list(self.settings.queues),
+                "concurrency": self.settings.concurrency, "in_flight": len(self.running),
+                "started_at": self.started_at}
 
-    async def heartbeat(self) -> None:
-        about = {"host": socket.gethostname(), "pid": os.getpid(), "queues": list(self.settings.queues),
-                 "concurrency": self.settings.concurrency, "in_flight": len(self.running),
-                 "started_at": self.started_at}
-        await self.queue.heartbeat(self.queues, self.name, self.settings.lease, about)
+    async def watch_lease(self) -> None:
+        """When the lease lapsed (the process was paused past it), other workers may have taken our
+        jobs and run them: stop ours, drop what was fetched ahead, hand back whatever is still ours."""
+        while not self.closing:
+            await asyncio.sleep(TIMEOUT_CHECK_INTERVAL)
+            if not self.heartbeat.lapsed():
+                continue
+            self.log.emit("lease_lost", "warning", worker=self.name,
+                          error="the heartbeat lapsed (process paused?); other workers may have taken this "
+                                "worker's jobs: stopping them here")
+            while not self.ready.empty():
+                self.ready.get_nowait()
+                self.release_slots(1)
+            for job_id in list(self.running):
+                self.interrupt(job_id, "lost")
+            while self.heartbeat.lapsed() and not self.closing:
+                await asyncio.sleep(TIMEOUT_CHECK_INTERVAL)
+            for queue in self.queues:
+                with contextlib.suppress(*UNAVAILABLE):
+                    await self.queue.recover(queue, self.name, release=True)
 
     async def reap_forever(self) -> None:
         await self.every(max(self.settings.lease / 4, 0.1), self.reap)
@@ -426,8 +460,7 @@ class Worker:
 
     async def every(self, interval: float, action: Callable[[], Awaitable[Any]]) -> None:
         # `closing` as well as cancellation ends these loops: redis-py can swallow a cancellation
-        # that lands mid-command, and a loop must not outlive its worker because of it. (The
-        # heartbeat in particular must go on while running jobs drain, or they would be reaped.)
+        # that lands mid-command, and a loop must not outlive its worker because of it.
         while not self.closing:
             try:
                 await action()
@@ -460,6 +493,17 @@ async def cancel_all(tasks: Any) -> None:
         for t in pending:
             t.cancel()
         _, pending = await asyncio.wait(pending, timeout=0.05)
+
+
+def plugin_sources(tasks: dict[str, TaskType]) -> dict[str, str]:
+    """Plugin name -> the directory of its handler's package, to name a plugin from a stack frame."""
+    sources = {}
+    for task in tasks.values():
+        module = sys.modules.get(getattr(task.handler, "__module__", "") or "")
+        path = getattr(module, "__file__", None)
+        if path:
+            sources[task.plugin] = str(Path(path).parent)
+    return sources
 
 
 def describe(e: BaseException) -> str:
