@@ -221,9 +221,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 async def list_dead(request: web.Request) -> web.Response:
     query = request.query
-    queue = query.get("queue") or None
-    if queue is not None and not valid_queue_name(queue):
-        raise ValidationError("queue: expected a queue name", 400)
+    queue = query_queue(query)
     limit = query_int(query.get("limit", "50"), "limit", 1, 1000)
     cursor = query.get("cursor")
     before = None
@@ -236,6 +234,13 @@ async def list_dead(request: web.Request) -> web.Response:
     jobs = [present(r) | {"died_at": rfc3339(float(r["died_at"]))} for r in records]
     next_cursor = records[-1]["died_at"] if len(records) == limit else None
     return json_response({"jobs": jobs, "next_cursor": next_cursor})
+
+
+def query_queue(query: Any) -> str | None:
+    queue = query.get("queue") or None
+    if queue is not None and not valid_queue_name(queue):
+        raise ValidationError("queue: expected a queue name", 400)
+    return queue  # type: ignore[no-any-return]
 
 
 def query_int(raw: str, name: str, low: int, high: int) -> int:
@@ -258,9 +263,7 @@ async def redrive_one(request: web.Request) -> web.Response:
 async def redrive_many(request: web.Request) -> web.Response:
     """Re-drive dead jobs matching ?queue=&type= (all of them by default), up to ?limit= (1000)."""
     query = request.query
-    queue_name = query.get("queue") or None
-    if queue_name is not None and not valid_queue_name(queue_name):
-        raise ValidationError("queue: expected a queue name", 400)
+    queue_name = query_queue(query)
     limit = query_int(query.get("limit", "1000"), "limit", 1, 10000)
     queue = request.app[QUEUE]
     records = await queue.dead(queue_name, query.get("type") or None, limit, None)
