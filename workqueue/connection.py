@@ -47,10 +47,13 @@ def connect(url: str, timeout: float) -> Clients:
     )
 
     def client(socket_timeout: float) -> aioredis.Redis:
-        return aioredis.Redis.from_url(
-            url, socket_timeout=socket_timeout, max_connections=256,
+        # A blocking pool: past max_connections a command waits (up to the timeout) for a free
+        # connection instead of failing, so a burst of requests is not mistaken for an outage.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=256, timeout=timeout, socket_timeout=socket_timeout,
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=1), **options,
         )
+        return aioredis.Redis.from_pool(pool)  # the client owns the pool: closing it closes them
 
     threaded = redis.Redis.from_url(
         url, socket_timeout=timeout, retry=SyncRetry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=1), **options,

@@ -197,7 +197,7 @@ def present(record: dict[str, str]) -> dict[str, Any]:
         "retries": int(record.get("retries", 0)),
         "priority": int(record.get("priority", 0)),
         "enqueued_at": time_of("enqueued_at"),
-        "run_at": time_of("run_at") if record["status"] in ("scheduled", "retrying") else None,
+        "run_at": time_of("run_at"),  # when a delayed job or the latest retry was due
         "started_at": time_of("started_at") if started else None,
         "finished_at": time_of("finished_at"),
         "payload": orjson.loads(record["payload"]),

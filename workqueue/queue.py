@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -211,7 +212,7 @@ class Queue:
             ids = new_ids(len(specs))
             payload.append([
                 [job_id, s.type, orjson.dumps(s.payload).decode(), s.retries, s.timeout, s.priority,
-                 ms(s.run_at) if s.run_at is not None and s.run_at > now else 0,
+                 math.ceil(s.run_at * 1000) if s.run_at is not None and s.run_at > now else 0,  # never early
                  idempotency_key(queue, s.key) if s.key else "", fingerprint(s) if s.key else "", ms(s.key_ttl or 0)]
                 for job_id, s in zip(ids, specs)
             ])
@@ -445,11 +446,12 @@ class Queue:
         return [m.decode() for m in moved]
 
     async def drop_dead(self, queue: str, job_id: str) -> bool:
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.zrem(key(queue, "dead"), job_id)
-            pipe.delete(job_key(queue, job_id))
-            removed, _ = await pipe.execute()
-        return bool(removed)
+        """Delete a dead job; any other job is left alone. Whoever removes the id from the dead set
+        owns the record: a concurrent re-drive cannot have it."""
+        if not await self.client.zrem(key(queue, "dead"), job_id):
+            return False
+        await self.client.delete(job_key(queue, job_id))
+        return True
 
     # -- numbers ------------------------------------------------------------------------------
 
@@ -458,7 +460,8 @@ class Queue:
         out = {}
         for queue in await self.queues():
             reply = await self.scripts["stats"](
-                keys=[*streams(queue), key(queue, "scheduled"), key(queue, "dead"), key(queue, "stats")], args=[GROUP]
+                keys=[*streams(queue), key(queue, "scheduled"), key(queue, "dead"), key(queue, "stats")],
+                args=[GROUP, ms(self.retention.dead_ttl)],
             )
             row: dict[str, Any] = dict(zip(("waiting", "active", "scheduled", "dead"), (int(v) for v in reply[:4])))
             oldest = int(reply[4])

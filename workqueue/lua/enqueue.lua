@@ -33,7 +33,8 @@ local function check(jobs)
         local sep = string.find(existing, ' ', 1, true)
         local id, print = string.sub(existing, 1, sep - 1), string.sub(existing, sep + 1)
         if print ~= fingerprint then return {'conflict', i, id} end
-        answers[i] = {id, redis.call('HGET', prefix .. 'job:' .. id, 'status') or 'queued'}
+        -- 'expired': the key outlived its job's record (idempotency_ttl > result_ttl)
+        answers[i] = {id, redis.call('HGET', prefix .. 'job:' .. id, 'status') or (seen[idem] and 'queued') or 'expired'}
       else
         mine[idem] = j[1] .. ' ' .. fingerprint
       end

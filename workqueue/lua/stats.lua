@@ -1,7 +1,7 @@
 -- One queue's current counts and cumulative counters, in one round trip.
 -- KEYS[1..n] the queue's level streams, KEYS[n+1] scheduled zset, KEYS[n+2] dead zset,
 --   KEYS[n+3] stats hash
--- ARGV[1] consumer group
+-- ARGV[1] consumer group, ARGV[2] dead TTL (ms): older dead ids name expired records
 -- Returns {waiting, active, scheduled, dead, enqueue time (epoch ms) of the oldest waiting job or -1,
 --   counter field, value, ...}.
 local n = #KEYS - 3
@@ -29,6 +29,9 @@ for s = 1, n do
     end
   end
 end
-local out = {waiting, active, redis.call('ZCARD', KEYS[n + 1]), redis.call('ZCARD', KEYS[n + 2]), oldest}
+local clock = redis.call('TIME')
+local oldest_alive = clock[1] + clock[2] / 1000000 - tonumber(ARGV[2]) / 1000
+local dead = redis.call('ZCOUNT', KEYS[n + 2], oldest_alive, '+inf')
+local out = {waiting, active, redis.call('ZCARD', KEYS[n + 1]), dead, oldest}
 for _, v in ipairs(redis.call('HGETALL', KEYS[n + 3])) do out[#out + 1] = v end
 return out
