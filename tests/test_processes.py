@@ -108,7 +108,7 @@ def test_sigkilled_workers_jobs_are_run_by_another_worker_without_loss(
     restarted = [e for e in read_log(survivor.log_path) if e["event"] == "started"]
     latest_start = max(datetime.fromisoformat(e["ts"]).timestamp() for e in restarted)
     # Recovery is bounded by one lease plus one reaper period (lease / 4), plus scheduling slack.
-    assert latest_start - killed_at < lease * 1.25 + 1.5
+    assert latest_start - killed_at < lease * 1.25 + 3.0
     wait_for(lambda: set(ledger_runs(ledger)) == ids, 10, "every job to complete")
     assert all(pids == [str(survivor.process.pid)] for pids in ledger_runs(ledger).values())
     assert metrics(survivor)["jobs_recovered"] == 10
