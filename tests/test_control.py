@@ -11,17 +11,15 @@ import random
 import statistics
 import threading
 import time
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 import pytest
 
-from tests.conftest import FIXTURE_PLUGINS, RedisServer, Service, async_wait_for, inline_task, read_log, wait_for
+from tests.conftest import RedisServer, Service, async_wait_for, inline_task, read_log, wait_for
+from tests.support import get_job, http, metrics, wait_status, write_config
 from workqueue.queue import job_key
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -40,24 +38,10 @@ async def enqueue(client: Any, headers: dict[str, str] | None = None, **job: Any
     return dict(answer)
 
 
-async def get_job(client: Any, job_id: str) -> dict[str, Any]:
-    response = await client.get(f"/jobs/{job_id}")
-    assert response.status == 200, await response.text()
-    return dict(await response.json())
 
 
-async def wait_status(client: Any, job_id: str, status: str, timeout: float = 10) -> dict[str, Any]:
-    async def reached() -> dict[str, Any] | None:
-        job = await get_job(client, job_id)
-        return job if job["status"] == status else None
-
-    return dict(await async_wait_for(reached, timeout, f"job {job_id} to be {status}"))
 
 
-async def metrics(client: Any) -> dict[str, Any]:
-    response = await client.get("/metrics")
-    assert response.status == 200
-    return dict(await response.json())
 
 
 async def dead_list(client: Any, **query: Any) -> dict[str, Any]:
@@ -669,23 +653,8 @@ async def test_cancelling_an_ended_job_is_409_and_an_unknown_id_is_404(
     assert (await metrics(c))["jobs_cancelled"] == 1
 
 
-def http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    data = orjson.dumps(body) if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as r:
-            return r.status, orjson.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, orjson.loads(e.read())
 
 
-def write_config(directory: Path, redis_url: str, **values: Any) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    lines = [f'redis_url = "{redis_url}"', f'plugin_dirs = ["{FIXTURE_PLUGINS}"]']
-    lines += [f"{k} = {orjson.dumps(v).decode()}" for k, v in values.items()]
-    path = directory / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def logged(service: Service, event: str) -> set[str]:

@@ -6,36 +6,20 @@ import shutil
 from datetime import datetime
 import signal
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
-from tests.conftest import FIXTURE_PLUGINS, ROOT, Service, read_log, wait_for
+from tests.conftest import ROOT, Service, read_log, wait_for
+from tests.support import http, write_config  # noqa: F401  (other test modules import them from here too)
 
 SEED_EXAMPLE = {"type": "send_email", "Retries": 3,
                 "payload": {"to": "worldisweird2020@gmail.com", "subject": "testing producer"}}
 
 
-def http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
-    data = orjson.dumps(body) if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as r:
-            return r.status, orjson.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, orjson.loads(e.read())
 
 
-def write_config(directory: Path, redis_url: str, **values: Any) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    lines = [f'redis_url = "{redis_url}"', f'plugin_dirs = ["{FIXTURE_PLUGINS}"]']
-    lines += [f"{k} = {orjson.dumps(v).decode()}" for k, v in values.items()]
-    path = directory / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def ledger_runs(path: Path) -> dict[str, list[str]]:

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from tests.conftest import RedisServer, async_wait_for, inline_task, read_log
+from tests.support import get_job, metrics, wait_status
 from workqueue.producer import SETTINGS
 from workqueue.queue import GROUP, job_key, key, streams
 
@@ -31,24 +32,10 @@ async def enqueue(client: Any, **job: Any) -> str:
     return str((await response.json())["id"])
 
 
-async def get_job(client: Any, job_id: str) -> dict[str, Any]:
-    response = await client.get(f"/jobs/{job_id}")
-    assert response.status == 200, await response.text()
-    return dict(await response.json())
 
 
-async def wait_status(client: Any, job_id: str, status: str, timeout: float = 10) -> dict[str, Any]:
-    async def reached() -> dict[str, Any] | None:
-        job = await get_job(client, job_id)
-        return job if job["status"] == status else None
-
-    return dict(await async_wait_for(reached, timeout, f"job {job_id} to be {status}"))
 
 
-async def metrics(client: Any) -> dict[str, Any]:
-    response = await client.get("/metrics")
-    assert response.status == 200
-    return dict(await response.json())
 
 
 def events(path: Path, job_id: str | None = None) -> list[dict[str, Any]]:

@@ -1,0 +1,53 @@
+"""Helpers the tests share: talking to the HTTP API of an in-process app or of a service process."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tests.conftest import FIXTURE_PLUGINS, async_wait_for
+
+
+async def get_job(client: Any, job_id: str) -> dict[str, Any]:
+    response = await client.get(f"/jobs/{job_id}")
+    assert response.status == 200, await response.text()
+    return dict(await response.json())
+
+
+async def wait_status(client: Any, job_id: str, status: str, timeout: float = 10) -> dict[str, Any]:
+    async def reached() -> dict[str, Any] | None:
+        job = await get_job(client, job_id)
+        return job if job["status"] == status else None
+
+    return dict(await async_wait_for(reached, timeout, f"job {job_id} to be {status}"))
+
+
+async def metrics(client: Any) -> dict[str, Any]:
+    response = await client.get("/metrics")
+    assert response.status == 200
+    return dict(await response.json())
+
+
+def http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
+    """A blocking request to a service process; (status, decoded JSON body)."""
+    data = orjson.dumps(body) if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return r.status, orjson.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, orjson.loads(e.read())
+
+
+def write_config(directory: Path, redis_url: str, **values: Any) -> Path:
+    """A config.toml for service processes: our Redis, the fixture plugins, and `values`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    lines = [f'redis_url = "{redis_url}"', f'plugin_dirs = ["{FIXTURE_PLUGINS}"]']
+    lines += [f"{k} = {orjson.dumps(v).decode()}" for k, v in values.items()]
+    path = directory / "config.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
