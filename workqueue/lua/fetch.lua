@@ -29,30 +29,32 @@ for s = 1, #KEYS do
     for _, entry in ipairs(got[1][2]) do
       local delivery, id = entry[1], entry[2][2]
       local job = ARGV[4] .. 'job:' .. id
-      local status = redis.call('HGET', job, 'status')
+      -- One read for everything below (this runs once per job: every command counts).
+      local f = redis.call('HMGET', job, 'status', 'type', 'payload', 'retries', 'timeout', 'enqueued_at',
+        'priority', 'run_at', 'attempts', 'key', 'key_ttl')
+      local status = f[1]
       local attempts = 0
       if status == 'queued' then
-        attempts = redis.call('HINCRBY', job, 'attempts', 1)
-        if attempts > tonumber(redis.call('HGET', job, 'retries')) + 1 then status = 'poison' end
+        attempts = tonumber(f[9]) + 1
+        if attempts > tonumber(f[4]) + 1 then status = 'poison' end
       end
       if status == 'poison' then
         redis.call('XACK', stream, ARGV[1], delivery)
         redis.call('XDEL', stream, delivery)
-        redis.call('HSET', job, 'status', 'dead', 'finished_at', now, 'error', string.format(
-          'exceeded its delivery limit: the worker running it died each of its %d attempts', attempts - 1))
+        redis.call('HSET', job, 'status', 'dead', 'finished_at', now, 'attempts', attempts - 1, 'error',
+          string.format('exceeded its delivery limit: the worker running it died each of its %d attempts', attempts - 1))
         redis.call('HDEL', job, 'entry')
         redis.call('PEXPIRE', job, ARGV[5])
-        local idem = redis.call('HGET', job, 'key')
-        if idem then redis.call('PEXPIRE', idem, redis.call('HGET', job, 'key_ttl') or ARGV[6]) end
+        if f[10] then redis.call('PEXPIRE', f[10], f[11] or ARGV[6]) end
         redis.call('ZADD', ARGV[4] .. 'dead', now, id)
         redis.call('HINCRBY', ARGV[4] .. 'stats', 'failed', 1)
-        redis.call('HINCRBY', ARGV[4] .. 'stats', 'dead|' .. redis.call('HGET', job, 'type'), 1)
+        redis.call('HINCRBY', ARGV[4] .. 'stats', 'dead|' .. f[2], 1)
         buried[#buried + 1] = id
       elseif status == 'queued' then
-        redis.call('HSET', job, 'status', 'active', 'started_at', now, 'worker', ARGV[2], 'entry', delivery)
-        local f = redis.call('HMGET', job, 'type', 'payload', 'retries', 'timeout', 'enqueued_at', 'priority', 'run_at')
-        local due = string.format('%.17g', math.max(tonumber(f[5]), tonumber(f[7]) or 0))
-        for _, v in ipairs({id, delivery, level, f[1], f[2], f[3], attempts, f[4], due, f[6]}) do
+        redis.call('HSET', job, 'status', 'active', 'attempts', attempts, 'started_at', now, 'worker', ARGV[2],
+          'entry', delivery)
+        local due = string.format('%.17g', math.max(tonumber(f[6]), tonumber(f[8]) or 0))
+        for _, v in ipairs({id, delivery, level, f[2], f[3], f[4], attempts, f[5], due, f[7]}) do
           jobs[#jobs + 1] = v
         end
         delivered = delivered + 1

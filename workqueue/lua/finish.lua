@@ -16,26 +16,18 @@ local out = {}
 local clock = redis.call('TIME')
 local now = clock[1] + clock[2] / 1000000
 local counts = {done = 0, failed = 0, retried = 0, cancelled = 0}
+local by_type = {}  -- 'outcome|type' -> n, for the Prometheus counter of jobs by outcome
 local timings = {}
 
--- Per task type counters, 'outcome|type', for the Prometheus counter of jobs by outcome.
 local function count(outcome, task_type)
-  redis.call('HINCRBY', KEYS[1], outcome .. '|' .. task_type, 1)
+  local field = outcome .. '|' .. task_type
+  by_type[field] = (by_type[field] or 0) + 1
 end
 
--- "type wait_ms run_ms" of one attempt, for the percentiles /metrics shows without Prometheus.
--- The worker measured them: a job fetched ahead starts later than its fetch. Its record gets
--- the real start too, on this server's clock.
-local function time_attempt(job, task_type, wait, run)
-  timings[#timings + 1] = string.format('%s %.1f %.1f', task_type, wait, run)
-  redis.call('HSET', job, 'started_at', string.format('%.17g', now - run / 1000))
-end
-
-local function ended(job, ttl)
-  redis.call('HDEL', job, 'entry')
+-- A finished job's record expires after `ttl`; its idempotency key after its own TTL.
+local function ended(job, f, ttl)
   redis.call('PEXPIRE', job, ttl)
-  local idem = redis.call('HGET', job, 'key')
-  if idem then redis.call('PEXPIRE', idem, redis.call('HGET', job, 'key_ttl') or ARGV[5]) end
+  if f[3] then redis.call('PEXPIRE', f[3], f[4] or ARGV[5]) end
 end
 
 for i, o in ipairs(cjson.decode(ARGV[8])) do
@@ -43,49 +35,55 @@ for i, o in ipairs(cjson.decode(ARGV[8])) do
   local job, stream = ARGV[6] .. 'job:' .. id, ARGV[6] .. 'stream:' .. o[7]
   local acked = redis.call('XACK', stream, ARGV[1], delivery)
   if acked == 1 then redis.call('XDEL', stream, delivery) end  -- ours to remove, whatever follows
-  if acked == 0 or redis.call('HGET', job, 'entry') ~= delivery then
+  -- One read per job for everything below: this runs once per job, every command counts.
+  local f = acked == 1 and redis.call('HMGET', job, 'entry', 'status', 'key', 'key_ttl') or {}
+  if acked == 0 or f[1] ~= delivery then
     out[i] = 0
+  elseif f[2] == 'cancelled' then
+    redis.call('HDEL', job, 'entry')
+    ended(job, f, ARGV[2])
+    counts.cancelled = counts.cancelled + 1
+    count('cancelled', task_type)
+    out[i] = 2
   else
-    local status = redis.call('HGET', job, 'status')
-    if status ~= 'cancelled' and outcome ~= 'cancelled' then time_attempt(job, task_type, o[8], o[9]) end
-    if status == 'cancelled' then
-      ended(job, ARGV[2])
-      counts.cancelled = counts.cancelled + 1
-      count('cancelled', task_type)
-      out[i] = 2
-    elseif outcome == 'succeeded' then
-      redis.call('HSET', job, 'status', 'succeeded', 'finished_at', now, 'result', data)
-      redis.call('HDEL', job, 'error')
-      ended(job, ARGV[2])
+    -- The worker measured wait and run ("type wait_ms run_ms" for the percentiles /metrics shows
+    -- without Prometheus): a job fetched ahead starts later than its fetch. The record gets the
+    -- real start, on this server's clock.
+    local started = string.format('%.17g', now - o[9] / 1000)
+    if outcome ~= 'cancelled' then timings[#timings + 1] = string.format('%s %.1f %.1f', task_type, o[8], o[9]) end
+    if outcome == 'succeeded' then
+      redis.call('HSET', job, 'status', 'succeeded', 'finished_at', now, 'started_at', started, 'result', data)
+      redis.call('HDEL', job, 'entry', 'error')
+      ended(job, f, ARGV[2])
       counts.done = counts.done + 1
       count('succeeded', task_type)
-      out[i] = 1
     elseif outcome == 'retry' then
-      redis.call('HSET', job, 'status', 'retrying', 'error', data, 'run_at', retry_at / 1000)
+      redis.call('HSET', job, 'status', 'retrying', 'started_at', started, 'error', data, 'run_at', retry_at / 1000)
       redis.call('HDEL', job, 'entry')
       redis.call('ZADD', KEYS[2], retry_at, id)
       counts.retried = counts.retried + 1
       count('failed', task_type)
       count('retried', task_type)
-      out[i] = 1
     elseif outcome == 'cancelled' then
       redis.call('HSET', job, 'status', 'cancelled', 'finished_at', now, 'error', data)
-      ended(job, ARGV[2])
+      redis.call('HDEL', job, 'entry')
+      ended(job, f, ARGV[2])
       counts.cancelled = counts.cancelled + 1
       count('cancelled', task_type)
-      out[i] = 1
     else
-      redis.call('HSET', job, 'status', 'dead', 'finished_at', now, 'error', data)
-      ended(job, ARGV[3])
+      redis.call('HSET', job, 'status', 'dead', 'finished_at', now, 'started_at', started, 'error', data)
+      redis.call('HDEL', job, 'entry')
+      ended(job, f, ARGV[3])
       -- Each death gets its own score, so paging through the dead set by score loses none.
       redis.call('ZADD', KEYS[3], now + counts.failed / 1000000, id)
       counts.failed = counts.failed + 1
       count('failed', task_type)
       count('dead', task_type)
-      out[i] = 1
     end
+    out[i] = 1
   end
 end
+for field, n in pairs(by_type) do redis.call('HINCRBY', KEYS[1], field, n) end
 if counts.failed > 0 then
   -- The dead-letter index forgets what has expired and keeps at most its maximum size (dropping
   -- the oldest), so it never outgrows the records it names.
@@ -98,7 +96,9 @@ if counts.failed > 0 then
 end
 if #timings > 0 then
   local list = ARGV[6] .. 'timings'
-  redis.call('RPUSH', list, unpack(timings))
+  for first = 1, #timings, 1000 do  -- unpack() of a very long list would overflow Lua's stack
+    redis.call('RPUSH', list, unpack(timings, first, math.min(first + 999, #timings)))
+  end
   redis.call('LTRIM', list, -tonumber(ARGV[7]), -1)
 end
 for field, n in pairs(counts) do
