@@ -93,6 +93,7 @@ class Metrics:
         self.job_run = Histogram("workqueue_job_run_seconds", "From start to finish of an attempt, this process",
                                  ["queue", "type"], buckets=JOB_BUCKETS, registry=self.registry)
         self.job_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self.request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.requests = Counter("workqueue_http_requests", "HTTP requests by route and status, this process",
                                 ["route", "method", "status"], registry=self.registry)
         self.request_time = Histogram("workqueue_http_request_duration_seconds", "HTTP request latency, this process",
@@ -109,8 +110,13 @@ class Metrics:
         children[1].observe(max(0.0, run))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.request_time.labels(route, method).observe(seconds)
+        # Once per request: the labelled children are looked up once per route, method and status.
+        children = self.request_children.get((route, method, status))
+        if children is None:
+            children = self.request_children[(route, method, status)] = (
+                self.requests.labels(route, method, str(status)), self.request_time.labels(route, method))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def exposition(self, snapshot: dict[str, Any], openmetrics: bool) -> tuple[bytes, str]:
         """The Prometheus text (or OpenMetrics) for this snapshot, and its content type."""
