@@ -1,4 +1,4 @@
-"""Tests for workqueue.plugins and the built-in task types under plugins/.
+"""Tests for workqueue.plugins: finding and loading plugins (the built-ins' work: test_builtin_plugins).
 
 Plugins are real packages written into tmp_path; each test uses its own module names so nothing
 collides in sys.modules, and the `forget_plugin_modules` fixture removes what a test imported.
@@ -6,8 +6,6 @@ collides in sys.modules, and the `forget_plugin_modules` fixture removes what a 
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import json
 import os
 import re
@@ -15,19 +13,16 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
-from PIL import Image
 
 from workqueue.errors import PluginError
 from workqueue.plugins import TaskType, describe, find_plugins, load_plugins
 
 REPO = Path(__file__).resolve().parents[1]
-BUILTIN_MODULES = ("wq_send_email", "wq_resize_image", "wq_generate_pdf")
+BUILTIN_MODULES = ("wq_send_email", "wq_resize_image", "wq_generate_pdf", "wq_example_hello")
 
 MakePlugin = Callable[..., Path]
-Tasks = dict[str, TaskType]
 RUN = "def run(payload):\n    return payload\n"
 
 
@@ -298,122 +293,10 @@ def test_results_are_sorted_and_described(
     ]
 
 
-def test_repo_plugins_are_exactly_the_builtins() -> None:
-    tasks = load_plugins([REPO / "plugins"])
-    assert list(tasks) == ["generate_pdf", "resize_image", "send_email"]
-    assert all(not task.is_coroutine and task.wants_context for task in tasks.values())
-
-
-# The built-in task types, doing their real work.
-
-
-@pytest.fixture
-def builtins() -> Tasks:
-    return load(REPO / "plugins")
-
-
-def make_ctx(task_type: str, **settings: Any) -> SimpleNamespace:
-    return SimpleNamespace(
-        job_id="job-1", type=task_type, queue="default", attempt=1, settings=settings
-    )
-
-
-def test_send_email_writes_a_parseable_message(builtins: Tasks, tmp_path: Path) -> None:
-    send_email = builtins["send_email"].handler
-    ctx = make_ctx("send_email", outbox=str(tmp_path / "outbox"))
-    # The seed's example payload: no body.
-    seed_payload = {"to": "worldisweird2020@gmail.com", "subject": "testing producer"}
-    result = send_email(seed_payload, ctx=ctx)
-    path = tmp_path / "outbox" / "job-1.eml"
-    assert result == {"outbox_file": str(path.resolve()), "to": ["worldisweird2020@gmail.com"]}
-    message = email.parser.BytesParser(policy=email.policy.default).parsebytes(path.read_bytes())
-    assert message["To"] == "worldisweird2020@gmail.com"
-    assert message["Subject"] == "testing producer"
-    assert message["From"] == "workqueue@localhost"
-
-    # A retry of the same job replaces the file instead of adding another.
-    payload = {"to": ["a@example.com", "b@example.com"], "subject": "again", "body": "hi\n"}
-    send_email(payload, ctx=ctx)
-    assert os.listdir(tmp_path / "outbox") == ["job-1.eml"]
-    message = email.parser.BytesParser(policy=email.policy.default).parsebytes(path.read_bytes())
-    assert message["To"] == "a@example.com, b@example.com" and message.get_content() == "hi\n"
-
-
-@pytest.mark.parametrize(
-    "to", [None, "", "not-an-address", ["ok@example.com", 3], [], "a@example.com\nBcc: x@evil.test"]
-)
-def test_send_email_rejects_bad_recipients(builtins: Tasks, tmp_path: Path, to: object) -> None:
-    ctx = make_ctx("send_email", outbox=str(tmp_path / "outbox"))
-    expected = r"payload\.to: expected an email address or a list of them"
-    with pytest.raises(ValueError, match=expected):
-        builtins["send_email"].handler({"to": to, "subject": "s"}, ctx=ctx)
-
-
-@pytest.fixture
-def media(tmp_path: Path) -> Path:
-    path = tmp_path / "media"
-    (path / "photos").mkdir(parents=True)
-    Image.new("RGB", (40, 30), "red").save(path / "photos" / "in.png")
-    return path
-
-
-def test_resize_image_resizes_a_real_png(builtins: Tasks, media: Path) -> None:
-    resize = builtins["resize_image"].handler
-    ctx = make_ctx("resize_image", media_dir=str(media))
-    result = resize({"source": "photos/in.png", "new_x": 20, "new_y": 10}, ctx=ctx)
-    expected = (media / "photos" / "in_20x10.png").resolve()
-    assert result == {"path": str(expected), "width": 20, "height": 10}
-    with Image.open(expected) as image:
-        assert image.size == (20, 10)
-
-    absolute = str((media / "photos" / "in.png").resolve())
-    result = resize({"source": absolute, "new_x": 8, "new_y": 6, "dest": "small.jpg"}, ctx=ctx)
-    with Image.open(result["path"]) as image:
-        assert (image.format, image.size) == ("JPEG", (8, 6))
-
-
-def test_resize_image_refuses_paths_outside_media(
-    builtins: Tasks, media: Path, tmp_path: Path
-) -> None:
-    ctx = make_ctx("resize_image", media_dir=str(media))
-    Image.new("RGB", (4, 4)).save(tmp_path / "secret.png")
-    (media / "link.png").symlink_to(tmp_path / "secret.png")
-    resize = builtins["resize_image"].handler
-    for source in ("../secret.png", "link.png", str(tmp_path / "secret.png")):
-        with pytest.raises(ValueError, match=r"payload\.source: resolves outside the media"):
-            resize({"source": source, "new_x": 2, "new_y": 2}, ctx=ctx)
-    with pytest.raises(ValueError, match=r"payload\.dest: resolves outside the media directory"):
-        resize({"source": "photos/in.png", "new_x": 2, "new_y": 2, "dest": "../out.png"}, ctx=ctx)
-    assert not (tmp_path / "out.png").exists()
-
-
-@pytest.mark.parametrize("new_x", [True, 0, -3, "10", 2.0, None])
-def test_resize_image_wants_positive_integer_sizes(
-    builtins: Tasks, media: Path, new_x: object
-) -> None:
-    ctx = make_ctx("resize_image", media_dir=str(media))
-    payload = {"source": "photos/in.png", "new_x": new_x, "new_y": 5}
-    with pytest.raises(ValueError, match=r"payload\.new_x: expected a positive integer"):
-        builtins["resize_image"].handler(payload, ctx=ctx)
-
-
-def test_generate_pdf_writes_a_real_pdf(builtins: Tasks, tmp_path: Path) -> None:
-    ctx = make_ctx("generate_pdf", media_dir=str(tmp_path / "media"))
-    paragraph = "A paragraph long enough to wrap over several lines of the page. " * 8
-    unicode = "Outside latin-1: \u20ac \u2014 \u65e5\u672c; inside: Z\u00fcrich"
-    body = "\n\n".join([paragraph] * 12 + [unicode])
-    result = builtins["generate_pdf"].handler({"title": "Report \u2603", "body": body}, ctx=ctx)
-    path = (tmp_path / "media" / "job-1.pdf").resolve()
-    assert result["path"] == str(path)
-    data = path.read_bytes()
-    assert data.startswith(b"%PDF")
-    assert result["pages"] >= 2
-    assert len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", data)) == result["pages"]
-
-
-def test_generate_pdf_refuses_dest_outside_media(builtins: Tasks, tmp_path: Path) -> None:
-    ctx = make_ctx("generate_pdf", media_dir=str(tmp_path / "media"))
-    payload = {"title": "t", "body": "b", "dest": "../escape.pdf"}
-    with pytest.raises(ValueError, match=r"payload\.dest: resolves outside the media directory"):
-        builtins["generate_pdf"].handler(payload, ctx=ctx)
-    assert not (tmp_path / "escape.pdf").exists()
+def test_repo_plugins_are_the_builtins_and_the_example() -> None:
+    tasks = load_plugins([REPO / "plugins"], search_path=[])
+    assert list(tasks) == ["generate_pdf", "hello", "resize_image", "send_email"]
+    # Blocking work (Pillow, fpdf2) runs in a thread; network work on the event loop.
+    kinds = {name: task.is_coroutine for name, task in tasks.items()}
+    assert kinds == {"generate_pdf": False, "hello": True, "resize_image": False, "send_email": True}
+    assert all(task.wants_context and task.options.schema is not None for task in tasks.values())

@@ -15,6 +15,7 @@ from .app import create_app
 from .errors import ConfigError, PluginError
 from .plugins import load_plugins
 from .schedule import parse_schedules
+from .task import check_settings
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -40,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         unknown = sorted(set(settings.plugins) - set(tasks))
         if unknown:
             raise ConfigError(f"plugins.{unknown[0]}: no loaded task type is named {unknown[0]!r}")
+        for name, task in tasks.items():
+            check_settings(name, task.options, settings.plugins.get(name, {}))
         for i, schedule in enumerate(parse_schedules(settings.schedule)):
             if schedule.type not in tasks:
                 raise ConfigError(f"schedule[{i}].type: no loaded task type is named {schedule.type!r}")

@@ -116,6 +116,7 @@ def parse_specs(
     default_timeout: float,
     is_queue_name: Callable[[str], bool],
     header_key: str | None = None,
+    plugin_settings: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[JobSpec]:
     """Validate a decoded request body: one job object or a non-empty array of them.
 
@@ -124,7 +125,8 @@ def parse_specs(
     """
 
     def one(item: Any, where: str) -> JobSpec:
-        return parse_spec(item, where, known_types, default_retries, default_timeout, is_queue_name)
+        return parse_spec(item, where, known_types, default_retries, default_timeout, is_queue_name,
+                          plugin_settings or {})
 
     if isinstance(body, list):
         if not body:
@@ -148,6 +150,7 @@ def parse_spec(
     default_retries: int,
     default_timeout: float,
     is_queue_name: Callable[[str], bool],
+    plugin_settings: Mapping[str, Mapping[str, Any]],
 ) -> JobSpec:
     def fail(name: str, expected: str, status: int = 422) -> ValidationError:
         return ValidationError(f"{where}{name}: {expected}", status)
@@ -179,7 +182,7 @@ def parse_spec(
         raise fail("payload", "expected a JSON object")
 
     options = known_types[task_type]
-    check_payload(options, payload, f"{where}payload")
+    check_payload(options, payload, f"{where}payload", plugin_settings.get(task_type))
 
     retries = fields.get("retries", default_retries if options.retries is None else options.retries)
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import time
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -31,14 +32,18 @@ class EventLog:
         self.closing = False
         self.task: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.loop_thread = threading.get_ident()
 
     def enabled(self, event: str, level: str = "info") -> bool:
         """Whether `emit` would write this event: lets a hot path skip building its fields."""
         return LEVELS[level] >= self.threshold and event not in self.exclude and (not self.only or event in self.only)
 
     def emit(self, event: str, level: str = "info", **fields: Any) -> None:
-        """Queue one event; fields that are None are left out."""
-        if self.append(event, level, fields):
+        """Queue one event; fields that are None are left out. Safe from any thread (a plain-
+        function handler's ctx.log runs in a worker thread)."""
+        if threading.get_ident() != self.loop_thread:
+            self.emit_threadsafe(event, level, **fields)
+        elif self.append(event, level, fields):
             self.wakeup.set()
 
     def append(self, event: str, level: str, fields: dict[str, Any]) -> bool:
@@ -61,6 +66,7 @@ class EventLog:
 
     def start(self) -> None:
         self.loop = asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
         self.task = asyncio.create_task(self.write_forever(), name="workqueue-log-writer")
 
     async def write_forever(self) -> None:

@@ -151,7 +151,7 @@ async def enqueue(request: web.Request) -> web.Response:
         raise ValidationError(f"body: at most {settings.max_batch} jobs per request (got {len(body)})", 413)
     declared = {name: t.options for name, t in request.app[TASKS].items()}
     specs = parse_specs(body, declared, settings.default_retries, settings.default_timeout,
-                        valid_queue_name, request.headers.get("Idempotency-Key"))
+                        valid_queue_name, request.headers.get("Idempotency-Key"), settings.plugins)
     results = await request.app[QUEUE].enqueue(specs, settings.max_length)
     log = request.app[LOG]
     for done in results:

@@ -21,9 +21,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import inspect
+
 import fastjsonschema
 
-from .errors import PluginError, ValidationError
+from .errors import ConfigError, PluginError, ValidationError
 
 F = TypeVar("F", bound=Callable[..., Any])
 ATTRIBUTE = "__workqueue_task__"
@@ -34,8 +36,10 @@ class TaskOptions:
     schema: Mapping[str, Any] | None = None
     timeout: float | None = None
     retries: int | None = None
-    validate: Callable[[dict[str, Any]], None] | None = None
+    validate: Callable[..., None] | None = None
+    settings: Callable[[Mapping[str, Any]], None] | None = None
     validator: Callable[[Any], Any] | None = field(default=None, compare=False)
+    validate_takes_settings: bool = False
 
 
 def task(
@@ -43,9 +47,15 @@ def task(
     schema: Mapping[str, Any] | None = None,
     timeout: float | None = None,
     retries: int | None = None,
-    validate: Callable[[dict[str, Any]], None] | None = None,
+    validate: Callable[..., None] | None = None,
+    settings: Callable[[Mapping[str, Any]], None] | None = None,
 ) -> Callable[[F], F]:
-    """Declare a handler's payload schema and its defaults for `timeout` (seconds) and `retries`."""
+    """Declare a handler's payload schema and its defaults for `timeout` (seconds) and `retries`.
+
+    `validate(payload)` or `validate(payload, settings)` adds checks JSON Schema cannot make;
+    `settings(table)` checks the plugin's `[plugins.<type>]` table at start-up. Both raise
+    ValueError with a message that starts with the field or key at fault.
+    """
     if timeout is not None and not timeout > 0:
         raise PluginError(f"task(timeout={timeout!r}): expected a number of seconds > 0")
     if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
@@ -56,7 +66,8 @@ def task(
             validator = fastjsonschema.compile(dict(schema))
         except fastjsonschema.JsonSchemaDefinitionException as e:
             raise PluginError(f"task(schema=...): not a valid JSON Schema: {e}") from e
-    options = TaskOptions(schema, timeout, retries, validate, validator)
+    options = TaskOptions(schema, timeout, retries, validate, settings, validator,
+                          validate is not None and takes_settings(validate))
 
     def mark(handler: F) -> F:
         setattr(handler, ATTRIBUTE, options)
@@ -65,12 +76,29 @@ def task(
     return mark
 
 
+def takes_settings(validate: Callable[..., None]) -> bool:
+    try:
+        return len(inspect.signature(validate).parameters) >= 2
+    except (TypeError, ValueError):
+        return False
+
+
 def options_of(handler: Callable[..., Any]) -> TaskOptions:
     found = getattr(handler, ATTRIBUTE, None)
     return found if isinstance(found, TaskOptions) else TaskOptions()
 
 
-def check_payload(options: TaskOptions, payload: dict[str, Any], where: str = "payload") -> None:
+def check_settings(task_type: str, options: TaskOptions, table: Mapping[str, Any]) -> None:
+    """Run the plugin's own check of its `[plugins.<type>]` table: ConfigError naming the key."""
+    if options.settings is not None:
+        try:
+            options.settings(table)
+        except ValueError as e:
+            raise ConfigError(f"plugins.{task_type}.{e}") from e
+
+
+def check_payload(options: TaskOptions, payload: dict[str, Any], where: str = "payload",
+                  settings: Mapping[str, Any] | None = None) -> None:
     """Raise ValidationError (422) naming the first field that does not fit the declaration."""
     if options.validator is not None:
         try:
@@ -82,6 +110,9 @@ def check_payload(options: TaskOptions, payload: dict[str, Any], where: str = "p
             raise ValidationError(f"{where}{path}: {reason}", 422) from None
     if options.validate is not None:
         try:
-            options.validate(payload)
+            if options.validate_takes_settings:
+                options.validate(payload, settings or {})
+            else:
+                options.validate(payload)
         except ValueError as e:
             raise ValidationError(f"{where}.{e}", 422) from e

@@ -301,7 +301,7 @@ class Worker:
             return Outcome(job, "dead", f"unknown task type {job.type!r} at worker {self.name} (loaded: {known})")
         try:
             # Checked again here: the job may come from an older producer, or from before a deploy.
-            check_payload(task.options, job.payload)
+            check_payload(task.options, job.payload, settings=self.settings.plugins.get(job.type))
             result = await self.call(task, job, ctx)
             return Outcome(job, "succeeded", orjson.dumps(result).decode())
         except (PermanentError, ValidationError) as e:
