@@ -11,9 +11,7 @@ result. The handler is a plain function, so the worker runs it in a thread, off 
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
 import threading
 from collections.abc import Mapping
 from importlib.resources import as_file, files
@@ -24,8 +22,8 @@ from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 from fpdf.fonts import TTFFont
 
+from workqueue import task
 from workqueue.files import inside, write_atomic
-from workqueue import PermanentError, task
 
 __all__ = ["generate_pdf"]
 

@@ -15,8 +15,6 @@ The handler is a plain function, so the worker runs it in a thread, off the even
 from __future__ import annotations
 
 import io
-import os
-import secrets
 import threading
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
@@ -24,8 +22,8 @@ from typing import Any, Protocol
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from workqueue.files import inside, write_atomic
 from workqueue import PermanentError, task
+from workqueue.files import inside, write_atomic
 
 __all__ = ["resize_image"]
 

@@ -28,7 +28,6 @@ import asyncio
 import email.policy
 import os
 import re
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.headerregistry import Address
@@ -39,8 +38,8 @@ from typing import Any, Protocol
 
 import aiosmtplib
 
-from workqueue.files import write_atomic
 from workqueue import PermanentError, task
+from workqueue.files import write_atomic
 
 __all__ = ["send_email"]
 
