@@ -280,3 +280,13 @@ def test_cli_exits_2_naming_a_plugin_that_fails_to_import(tmp_path: Path) -> Non
     assert "wq-broken-plugin" in result.stderr
     assert "badmod needs a library that is missing" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_shipped_config_toml_loads_and_documents_every_key() -> None:
+    from tests.conftest import ROOT
+    from workqueue.config import FIELDS
+
+    text = (ROOT / "config.toml").read_text()
+    settings = load(str(ROOT / "config.toml"), {}, {})
+    assert settings.redis_url == "memory://"  # the Quickstart runs without a Redis server
+    assert [name for name in FIELDS if f"{name} =" not in text and f"[{name}." not in text] == []
