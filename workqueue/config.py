@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -249,6 +250,9 @@ def check(s: Settings) -> None:
         )
 
 
+# Queue names go inside Redis key hash tags `{name}`, so braces and spaces are out.
+QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+
+
 def valid_queue_name(name: str) -> bool:
-    # Queue names go inside Redis key hash tags `{name}`, so braces and spaces are out.
-    return 0 < len(name) <= 64 and all(c.isalnum() or c in "_-." for c in name) and name.isascii()
+    return QUEUE_NAME.match(name) is not None
