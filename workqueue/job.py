@@ -58,7 +58,7 @@ class JobSpec:
     key_ttl: float | None = None  # how long the key outlives the job; None: the configured default
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built once per job on the hot path, where frozen's __init__ costs
 class Job:
     """A job as a worker received it: the record from Redis plus the delivery that carried it."""
 

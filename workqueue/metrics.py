@@ -93,6 +93,7 @@ class Metrics:
         self.job_run = Histogram("workqueue_job_run_seconds", "From start to finish of an attempt, this process",
                                  ["queue", "type"], buckets=JOB_BUCKETS, registry=self.registry)
         self.job_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self.job_times: list[tuple[str, str, float, float]] = []
         self.request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.requests = Counter("workqueue_http_requests", "HTTP requests by route and status, this process",
                                 ["route", "method", "status"], registry=self.registry)
@@ -100,14 +101,22 @@ class Metrics:
                                       ["route", "method"], registry=self.registry)
 
     def observe_job(self, queue: str, task_type: str, wait: float, run: float) -> None:
-        # The labelled children are looked up once per (queue, type): this runs once per job.
-        children = self.job_children.get((queue, task_type))
-        if children is None:
-            label = task_type if task_type in self.cluster.known_types else "other"
-            children = self.job_children[(queue, task_type)] = (self.job_wait.labels(queue, label),
-                                                                 self.job_run.labels(queue, label))
-        children[0].observe(max(0.0, wait))
-        children[1].observe(max(0.0, run))
+        """Once per job: only remembered here (a tuple append), and put into the histograms at the
+        next scrape or every few thousand jobs, so the hot path pays no lock and no bucket search."""
+        self.job_times.append((queue, task_type, wait, run))
+        if len(self.job_times) >= 4096:
+            self.flush_jobs()
+
+    def flush_jobs(self) -> None:
+        times, self.job_times = self.job_times, []
+        for queue, task_type, wait, run in times:
+            children = self.job_children.get((queue, task_type))
+            if children is None:
+                label = task_type if task_type in self.cluster.known_types else "other"
+                children = self.job_children[(queue, task_type)] = (self.job_wait.labels(queue, label),
+                                                                     self.job_run.labels(queue, label))
+            children[0].observe(max(0.0, wait))
+            children[1].observe(max(0.0, run))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         # Once per request: the labelled children are looked up once per route, method and status.
@@ -121,6 +130,7 @@ class Metrics:
     def exposition(self, snapshot: dict[str, Any], openmetrics: bool) -> tuple[bytes, str]:
         """The Prometheus text (or OpenMetrics) for this snapshot, and its content type."""
         self.cluster.snapshot = snapshot
+        self.flush_jobs()
         if openmetrics:
             return generate_openmetrics(self.registry), OPENMETRICS_TYPE
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -77,7 +77,7 @@ class Enqueued:
     spec: JobSpec
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per attempt on the hot path; the worker fills in wait and run
 class Outcome:
     """The end of one attempt, to be recorded by `Queue.finish`."""
 

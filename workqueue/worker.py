@@ -26,7 +26,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -284,7 +284,7 @@ class Worker:
             self.metrics.observe_job(job.queue, job.type, started - job.due_at, finished - started)
             run = finished - started
             self.typical_run = run if self.typical_run is None else 0.9 * self.typical_run + 0.1 * run
-            outcome = replace(outcome, wait=max(0.0, started - job.due_at), run=run)
+            outcome.wait, outcome.run = max(0.0, started - job.due_at), run
             self.outcomes.append((outcome, started, finished))
             self.outcome_added.set()
             if self.stopping:
