@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.run import (  # noqa: E402
-    BENCH, SYSTEMS, WORK, Bench, BenchError, Config, free_port, run_json, setup_envs, spawn, stop, stop_all,
+    BENCH, SYSTEMS, WORK, Bench, BenchError, Config, run_json, setup_envs, stop, stop_all,
 )
 
 PREFIXES = ("/site-packages/", "/lib/python3.11/")
