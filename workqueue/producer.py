@@ -114,13 +114,11 @@ async def read_json(request: web.Request, limit: int) -> Any:
         raise ValidationError(f"Content-Type: expected application/json (got {request.content_type})", 415)
     if request.content_length is not None and request.content_length > limit:
         raise ValidationError(f"body: larger than the limit of {limit} bytes", 413)
-    chunks, size = [], 0
-    async for chunk in request.content.iter_chunked(64 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise ValidationError(f"body: larger than the limit of {limit} bytes", 413)
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    try:
+        # aiohttp enforces client_max_size (= limit) while reading, chunked and compressed bodies too.
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ValidationError(f"body: larger than the limit of {limit} bytes", 413) from None
     if not body.strip():
         raise ValidationError("body: empty; expected a JSON job object or an array of them", 400)
     try:
