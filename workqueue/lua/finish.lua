@@ -10,7 +10,9 @@
 --   outcome is 'succeeded' (data = result JSON), 'retry', 'dead' (data = error text) or 'cancelled'
 -- Returns per job 1 if recorded, 2 if the job had been cancelled meanwhile (acknowledged, result
 --   discarded), or 0 if the delivery was no longer this worker's (the job was recovered or handed to
---   another worker meanwhile): a stale holder's outcome is refused.
+--   another worker meanwhile): a stale holder's outcome is refused. The job's `entry` field is the
+--   fencing token: it names the one delivery through which the job may be finished, and is
+--   cleared when it is, so recording the same outcome twice (a retried call) counts it once.
 local out = {}
 -- Timestamps come from the Redis server's clock, so they are ordered whichever client wrote them.
 local clock = redis.call('TIME')
@@ -18,6 +20,7 @@ local now = clock[1] + clock[2] / 1000000
 local counts = {done = 0, failed = 0, retried = 0, cancelled = 0}
 local by_type = {}  -- 'outcome|type' -> n, for the Prometheus counter of jobs by outcome
 local timings = {}
+local acks = {}  -- stream -> deliveries to acknowledge
 
 local function count(outcome, task_type)
   local field = outcome .. '|' .. task_type
@@ -33,11 +36,16 @@ end
 for i, o in ipairs(cjson.decode(ARGV[8])) do
   local id, delivery, outcome, data, retry_at, task_type = o[1], o[2], o[3], o[4], o[5], o[6]
   local job, stream = ARGV[6] .. 'job:' .. id, ARGV[6] .. 'stream:' .. o[7]
-  local acked = redis.call('XACK', stream, ARGV[1], delivery)
-  if acked == 1 then redis.call('XDEL', stream, delivery) end  -- ours to remove, whatever follows
+  -- Every delivery named here is acknowledged and deleted, in one XACK and one XDEL per stream
+  -- after the loop: whatever its outcome, it carried this worker's attempt and nobody needs it.
+  local deliveries = acks[stream]
+  if not deliveries then deliveries = {}; acks[stream] = deliveries end
+  deliveries[#deliveries + 1] = delivery
   -- One read per job for everything below: this runs once per job, every command counts.
-  local f = acked == 1 and redis.call('HMGET', job, 'entry', 'status', 'key', 'key_ttl') or {}
-  if acked == 0 or f[1] ~= delivery then
+  local f = redis.call('HMGET', job, 'entry', 'status', 'key', 'key_ttl')
+  if f[1] ~= delivery then
+    -- The job is no longer held through this delivery: recovered by another worker (its entry
+    -- names the new delivery), handed back, expired, or this outcome was recorded already.
     out[i] = 0
   elseif f[2] == 'cancelled' then
     redis.call('HDEL', job, 'entry')
@@ -81,6 +89,13 @@ for i, o in ipairs(cjson.decode(ARGV[8])) do
       count('dead', task_type)
     end
     out[i] = 1
+  end
+end
+for stream, deliveries in pairs(acks) do
+  for first = 1, #deliveries, 1000 do  -- unpack() of a very long list would overflow Lua's stack
+    local last = math.min(first + 999, #deliveries)
+    redis.call('XACK', stream, ARGV[1], unpack(deliveries, first, last))
+    redis.call('XDEL', stream, unpack(deliveries, first, last))
   end
 end
 for field, n in pairs(by_type) do redis.call('HINCRBY', KEYS[1], field, n) end
