@@ -27,7 +27,10 @@ def create_app(settings: Settings, tasks: dict[str, TaskType]) -> web.Applicatio
     middlewares = [request_middleware, error_middleware]
     if settings.api_token:
         middlewares.insert(1, auth_middleware(settings.api_token))
-    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
+    # auto_decompress off: aiohttp would refuse encodings it cannot decode with a text/plain error
+    # before any handler runs; read_json decodes gzip and deflate itself, within the size limit.
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes,
+                          handler_args={"auto_decompress": False})
     app[SETTINGS] = settings
     app[TASKS] = tasks
     app[METRICS] = Metrics(tasks)

@@ -38,11 +38,11 @@ class Clients:
 def connect(url: str, timeout: float) -> Clients:
     if url.startswith("memory://"):
         return embedded()
-    # One quick retry rides over a dropped connection; more would turn an outage into a hang,
-    # and the producer must answer 503 fast instead.
+    # One quick retry rides over a dropped connection; more would turn an outage into a hang, and a
+    # timeout is not retried at all, or an unresponsive Redis would take twice as long to report.
     options = dict(
         socket_connect_timeout=timeout,
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        retry_on_error=[RedisConnectionError],
         health_check_interval=30,
     )
 

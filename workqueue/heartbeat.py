@@ -50,6 +50,7 @@ class Heartbeat:
         self.plugin_sources = plugin_sources  # plugin name -> directory, to name a blocking one
         self.log = log
         self.last_ok = time.monotonic()  # when the lease was last renewed
+        self.lapses = 0  # how many times a renewal came after the lease had expired
         self.loop_seen = time.monotonic()  # when the loop last ran a callback of ours
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.run, name="workqueue-heartbeat", daemon=True)
@@ -59,9 +60,15 @@ class Heartbeat:
 
     def beat(self) -> None:
         """Renew the lease on every queue served and publish what the worker is doing."""
+        lapsed = self.lapsed()
         pipe = self.client.pipeline(transaction=False)
         queue_heartbeat(pipe, self.queues, self.name, self.lease, self.describe())
         pipe.execute()
+        if lapsed:
+            # Latched before the renewal hides it: after a pause this thread may renew the lease
+            # before the loop has looked, and the worker must still learn that its jobs may have
+            # gone to other workers meanwhile.
+            self.lapses += 1
         self.last_ok = time.monotonic()
 
     def lapsed(self) -> bool:

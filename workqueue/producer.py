@@ -6,15 +6,20 @@ Errors are translated to JSON at one place, `error_middleware`: a ValidationErro
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
+import math
 import os
 import re
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from .config import Settings, valid_queue_name
 from .connection import UNAVAILABLE
@@ -35,6 +40,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JSON_TYPES = ("application/json",)
 MAX_DEPTH = 64  # JSON nesting a request may have; payloads, schemas and scripts all handle it
+KEY_MARK = re.compile(rb'"\s*:')
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -114,32 +120,87 @@ async def read_json(request: web.Request, limit: int) -> Any:
         raise ValidationError(f"Content-Type: expected application/json (got {request.content_type})", 415)
     if request.content_length is not None and request.content_length > limit:
         raise ValidationError(f"body: larger than the limit of {limit} bytes", 413)
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "deflate"):
+        raise ValidationError(f"Content-Encoding: expected identity, gzip or deflate (got {encoding[:40]!r})", 415)
     try:
-        # aiohttp enforces client_max_size (= limit) while reading, chunked and compressed bodies too.
+        # aiohttp enforces client_max_size (= limit) while reading, chunked bodies too.
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise ValidationError(f"body: larger than the limit of {limit} bytes", 413) from None
+    except RequestPayloadError as e:
+        raise ValidationError(f"body: could not be read as sent ({e})", 400) from e
+    if encoding != "identity":
+        body = decompress(body, limit)
     if not body.strip():
         raise ValidationError("body: empty; expected a JSON job object or an array of them", 400)
     try:
         decoded = orjson.loads(body)  # C code with its own nesting limit: nothing of ours recurses yet
     except orjson.JSONDecodeError as e:
         raise ValidationError(f"body: invalid JSON ({e})", 400) from e
-    if too_deep(decoded, MAX_DEPTH):
+    deep, keys = shape(decoded, MAX_DEPTH)
+    if deep:
         raise ValidationError(f"body: JSON nested deeper than {MAX_DEPTH} levels", 400)
+    if has_duplicate_keys(body, keys):
+        raise ValidationError("body: an object repeats a key; each key may appear once", 400)
     return decoded
 
 
-def too_deep(value: Any, limit: int) -> bool:
-    """Whether containers nest deeper than `limit`; iterative, so a hostile body cannot recurse."""
+def decompress(body: bytes, limit: int) -> bytes:
+    """A gzip or deflate body, inflated by us (the server's automatic decoding is off) and never
+    past `limit` bytes, so a compression bomb costs a bounded amount of memory."""
+    inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32)  # 32: gzip or zlib header, detected
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise ValidationError(f"body: not valid gzip or deflate data ({e})", 400) from e
+    if len(data) > limit or inflater.unconsumed_tail:
+        raise ValidationError(f"body: larger than the limit of {limit} bytes once decompressed", 413)
+    return data
+
+
+def shape(value: Any, limit: int) -> tuple[bool, int]:
+    """(nests deeper than `limit`?, number of object keys); iterative, so a hostile body cannot
+    make anything recurse."""
+    keys = 0
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, (dict, list)):
             if depth > limit:
-                return True
-            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+                return True, keys
+            if isinstance(item, dict):
+                keys += len(item)
+                stack.extend((child, depth + 1) for child in item.values())
+            else:
+                stack.extend((child, depth + 1) for child in item)
+    return False, keys
+
+
+def has_duplicate_keys(body: bytes, keys_decoded: int) -> bool:
+    """Whether an object in the body repeats a key. orjson keeps the last of duplicates silently,
+    and parsers disagreeing about which one counts is how smuggled fields happen. A key is a
+    string followed by a colon; when the body has no more of those than orjson kept keys, there
+    is no duplicate. Only otherwise (a duplicate, or a string value holding '\\":') does the
+    slower exact check run."""
+    if len(KEY_MARK.findall(body)) <= keys_decoded:
+        return False
+
+    def refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        found = dict(pairs)
+        if len(found) != len(pairs):
+            raise DuplicateKey
+        return found
+
+    try:
+        json.loads(body, object_pairs_hook=refuse_repeats)
+    except DuplicateKey:
+        return True
     return False
+
+
+class DuplicateKey(Exception):
+    pass
 
 
 async def enqueue(request: web.Request) -> web.Response:
@@ -150,7 +211,13 @@ async def enqueue(request: web.Request) -> web.Response:
     declared = {name: t.options for name, t in request.app[TASKS].items()}
     specs = parse_specs(body, declared, settings.default_retries, settings.default_timeout,
                         valid_queue_name, request.headers.get("Idempotency-Key"), settings.plugins)
-    results = await request.app[QUEUE].enqueue(specs, settings.max_length)
+    try:
+        # One bound for the whole Redis part, waiting for a batch in flight included: a hung Redis
+        # (SIGSTOP, CLIENT PAUSE) answers 503 this fast, not after a retry or two.
+        async with asyncio.timeout(settings.redis_timeout):
+            results = await request.app[QUEUE].enqueue(specs, settings.max_length)
+    except TimeoutError as e:
+        raise StoreUnavailable(f"redis did not answer within {settings.redis_timeout:g} s") from e
     log = request.app[LOG]
     for done in results:
         if done.created:
@@ -227,7 +294,9 @@ async def list_dead(request: web.Request) -> web.Response:
         try:
             before = float(cursor)
         except ValueError:
-            raise ValidationError("cursor: expected the next_cursor of a previous page", 400) from None
+            before = math.nan
+        if not math.isfinite(before):
+            raise ValidationError("cursor: expected the next_cursor of a previous page", 400)
     records = await request.app[QUEUE].dead(queue, query.get("type") or None, limit, before)
     jobs = [present(r) | {"died_at": rfc3339(float(r["died_at"]))} for r in records]
     next_cursor = records[-1]["died_at"] if len(records) == limit else None

@@ -85,6 +85,7 @@ class Worker:
         self.ready: asyncio.Queue[Job] = asyncio.Queue()
         self.outcomes: list[tuple[Outcome, float, float]] = []  # with start and finish times
         self.outcome_added = asyncio.Event()
+        self.lapses_handled = 0  # lease lapses already dealt with (see watch_lease)
         self.stopping = False  # no more fetching
         self.closing = False  # background services end too (after the hand-back)
         self.recorder_done = False
@@ -246,7 +247,7 @@ class Worker:
         assert me is not None
         while True:
             job = await self.ready.get()
-            if self.heartbeat.lapsed():
+            if self.lease_in_doubt():
                 self.release_slots(1)  # our lease lapsed while it waited: watch_lease hands it back
                 continue
             self.busy.add(me)
@@ -412,6 +413,11 @@ class Worker:
 
     # -- leases, recovery, scheduled jobs -----------------------------------------------------
 
+    def lease_in_doubt(self) -> bool:
+        """Whether the lease expired (now, or at some point not yet handled): our jobs may be
+        running on other workers."""
+        return self.heartbeat.lapsed() or self.heartbeat.lapses != self.lapses_handled
+
     def describe(self) -> dict[str, Any]:
         """What /workers shows of this worker (called from the heartbeat thread)."""
         return {"host": socket.gethostname(), "pid": os.getpid(), "queues": list(self.settings.queues),
@@ -423,7 +429,7 @@ class Worker:
         jobs and run them: stop ours, drop what was fetched ahead, hand back whatever is still ours."""
         while not self.closing:
             await asyncio.sleep(TIMEOUT_CHECK_INTERVAL)
-            if not self.heartbeat.lapsed():
+            if not self.lease_in_doubt():
                 continue
             self.log.emit("lease_lost", "warning", worker=self.name,
                           error="the heartbeat lapsed (process paused?); other workers may have taken this "
@@ -435,6 +441,10 @@ class Worker:
                 self.interrupt(job_id, "lost")
             while self.heartbeat.lapsed() and not self.closing:
                 await asyncio.sleep(TIMEOUT_CHECK_INTERVAL)
+            self.lapses_handled = self.heartbeat.lapses
+            # Outcomes finished before the lapse are recorded first (or refused, if their jobs
+            # moved), so the release below cannot hand back a job that is already done.
+            await self.flush_outcomes()
             for queue in self.queues:
                 with contextlib.suppress(*UNAVAILABLE):
                     await self.queue.recover(queue, self.name, release=True)

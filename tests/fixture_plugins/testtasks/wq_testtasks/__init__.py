@@ -51,3 +51,43 @@ def record_run(payload, ctx):
             os.write(fd, f"{ctx.job_id} {ctx.attempt} {os.getpid()} {time.time():.3f}\n".encode())
         finally:
             os.close(fd)
+
+
+# -- task types for tests/test_reliability.py (fault injection) ----------------------------------
+
+
+async def wait_for_go(payload):
+    """Wait until the file payload["go"] exists (if given): the test says when a fault may begin."""
+    go = payload.get("go")
+    while go and not os.path.exists(go):
+        await asyncio.sleep(0.01)
+
+
+async def nap(payload, ctx):
+    """Like `sleep` (waits on the loop, then records), after `go`; the result names the process."""
+    await wait_for_go(payload)
+    await asyncio.sleep(float(payload.get("seconds", 0.1)))
+    record_run(payload, ctx)
+    return {"pid": os.getpid(), "attempt": ctx.attempt}
+
+
+def nap_thread(payload, ctx):
+    """A plain function (run in a thread, so it cannot be interrupted); the result names the process."""
+    time.sleep(float(payload.get("seconds", 0.1)))
+    record_run(payload, ctx)
+    return {"pid": os.getpid(), "attempt": ctx.attempt, "cancelled_flag": ctx.cancelled.is_set()}
+
+
+async def hog(payload, ctx):
+    """The classic plugin bug: time.sleep() inside an `async def`, which blocks the event loop."""
+    await wait_for_go(payload)
+    time.sleep(float(payload.get("seconds", 1.0)))
+    record_run(payload, ctx)
+    return {"pid": os.getpid(), "attempt": ctx.attempt}
+
+
+async def crash(payload, ctx):
+    """Kills its own worker process (as a segfaulting extension or the OOM killer would), after
+    writing one ledger line per attempt that started."""
+    record_run(payload, ctx)
+    os._exit(int(payload.get("code", 1)))
