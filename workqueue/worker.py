@@ -85,6 +85,7 @@ class Worker:
         self.ready: asyncio.Queue[Job] = asyncio.Queue()
         self.outcomes: list[tuple[Outcome, float, float]] = []  # with start and finish times
         self.outcome_added = asyncio.Event()
+        self.recording = asyncio.Lock()
         self.lapses_handled = 0  # lease lapses already dealt with (see watch_lease)
         self.stopping = False  # no more fetching
         self.closing = False  # background services end too (after the hand-back)
@@ -171,6 +172,9 @@ class Worker:
     async def fetch_forever(self) -> None:
         rounds = 0
         while not self.stopping:
+            if self.lease_in_doubt():  # watch_lease is handing our jobs back: take no more meanwhile
+                await asyncio.sleep(TIMEOUT_CHECK_INTERVAL)
+                continue
             while self.held >= self.capacity():
                 self.slot_freed.clear()
                 await self.slot_freed.wait()
@@ -375,7 +379,12 @@ class Worker:
                 return
 
     async def flush_outcomes(self) -> None:
-        """Record every finished attempt; on a Redis outage keep them and try again, so none is lost."""
+        """Record every finished attempt; on a Redis outage keep them and try again, so none is lost.
+        One caller at a time: whoever returns from here knows no outcome is still on its way."""
+        async with self.recording:
+            await self.record_all()
+
+    async def record_all(self) -> None:
         while self.outcomes:
             self.outcome_added.clear()
             batch, self.outcomes = self.outcomes, []
@@ -441,13 +450,20 @@ class Worker:
                 self.interrupt(job_id, "lost")
             while self.heartbeat.lapsed() and not self.closing:
                 await asyncio.sleep(TIMEOUT_CHECK_INTERVAL)
-            self.lapses_handled = self.heartbeat.lapses
             # Outcomes finished before the lapse are recorded first (or refused, if their jobs
-            # moved), so the release below cannot hand back a job that is already done.
+            # moved), so the release below cannot hand back a job that is already done. Until the
+            # release is through, nothing is fetched or started (see lease_in_doubt), so all it
+            # hands back is what was dropped or interrupted here.
             await self.flush_outcomes()
-            for queue in self.queues:
-                with contextlib.suppress(*UNAVAILABLE):
-                    await self.queue.recover(queue, self.name, release=True)
+            released = False
+            while not released and not self.closing:
+                try:
+                    for queue in self.queues:
+                        await self.queue.recover(queue, self.name, release=True)
+                    released = True
+                except UNAVAILABLE as e:
+                    await self.on_redis_error(e)
+            self.lapses_handled = self.heartbeat.lapses
 
     async def reap_forever(self) -> None:
         await self.every(max(self.settings.lease / 4, 0.1), self.reap)

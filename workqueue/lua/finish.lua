@@ -10,9 +10,10 @@
 --   outcome is 'succeeded' (data = result JSON), 'retry', 'dead' (data = error text) or 'cancelled'
 -- Returns per job 1 if recorded, 2 if the job had been cancelled meanwhile (acknowledged, result
 --   discarded), or 0 if the delivery was no longer this worker's (the job was recovered or handed to
---   another worker meanwhile): a stale holder's outcome is refused. The job's `entry` field is the
---   fencing token: it names the one delivery through which the job may be finished, and is
---   cleared when it is, so recording the same outcome twice (a retried call) counts it once.
+--   another worker meanwhile): a stale holder's outcome is refused. The job's `entry` and `level`
+--   fields are the fencing token: they name the one delivery (an entry id is only unique within
+--   its stream) through which the job may be finished, and `entry` is cleared when it is, so
+--   recording the same outcome twice (a retried call) counts it once.
 local out = {}
 -- Timestamps come from the Redis server's clock, so they are ordered whichever client wrote them.
 local clock = redis.call('TIME')
@@ -42,8 +43,8 @@ for i, o in ipairs(cjson.decode(ARGV[8])) do
   if not deliveries then deliveries = {}; acks[stream] = deliveries end
   deliveries[#deliveries + 1] = delivery
   -- One read per job for everything below: this runs once per job, every command counts.
-  local f = redis.call('HMGET', job, 'entry', 'status', 'key', 'key_ttl')
-  if f[1] ~= delivery then
+  local f = redis.call('HMGET', job, 'entry', 'status', 'key', 'key_ttl', 'level')
+  if f[1] ~= delivery or f[5] ~= tostring(o[7]) then
     -- The job is no longer held through this delivery: recovered by another worker (its entry
     -- names the new delivery), handed back, expired, or this outcome was recorded already.
     out[i] = 0
