@@ -398,8 +398,9 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     try:
-        await request.app[QUEUE].client.ping()
-    except UNAVAILABLE:
+        async with asyncio.timeout(request.app[SETTINGS].redis_timeout):
+            await request.app[QUEUE].client.ping()
+    except (TimeoutError, *UNAVAILABLE):
         return error(503, "redis: unreachable", {"Retry-After": "1"})
     return json_response({"status": "ready"})
 
