@@ -180,9 +180,12 @@ async def make_client() -> AsyncIterator[Callable[..., Any]]:
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of a log file (a line still being written is left for the next read)."""
     if not path.exists():
         return []
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+    data = path.read_bytes()
+    data = data[: data.rfind(b"\n") + 1]
+    return [orjson.loads(line) for line in data.splitlines() if line.strip()]
 
 
 def fixture_tasks() -> dict[str, TaskType]:
