@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 
 from tests.conftest import async_wait_for
 from workqueue.errors import QueueFull, ValidationError
-from workqueue.job import Job, JobSpec, new_id
+from workqueue.job import Job, JobSpec, new_ids
 from workqueue.queue import (
     GROUP,
     LEVELS,
@@ -910,7 +910,7 @@ async def test_cancel_a_finished_job_changes_nothing(queue: Queue, client: aiore
 
 async def test_cancel_an_unknown_job_returns_none(queue: Queue) -> None:
     await enqueue_ids(queue, spec())
-    assert await queue.cancel(new_id()) is None
+    assert await queue.cancel(new_ids(1)[0]) is None
 
 
 async def test_cancel_counters_are_per_queue(queue: Queue) -> None:
@@ -936,7 +936,7 @@ async def test_redrive_sends_a_dead_job_back_with_fresh_attempts(queue: Queue, c
     await queue.finish([Outcome(job, "dead", "E")])
     assert await client.pttl(job_key(Q, job_id)) > 0
 
-    assert await queue.redrive(Q, [job_id, new_id()]) == [job_id]
+    assert await queue.redrive(Q, [job_id, new_ids(1)[0]]) == [job_id]
 
     r = await record(client, job_id)
     assert r["status"] == "queued"
@@ -1060,8 +1060,8 @@ async def test_get_job_and_locate_find_the_queue(queue: Queue) -> None:
 
     assert await queue.locate(job_id) == "mail"
     assert (await queue.get_job(job_id) or {})["status"] == "queued"
-    assert await queue.locate(new_id()) is None
-    assert await queue.get_job(new_id()) is None
+    assert await queue.locate(new_ids(1)[0]) is None
+    assert await queue.get_job(new_ids(1)[0]) is None
 
 
 async def test_all_keys_of_a_queue_share_its_cluster_hash_tag(queue: Queue, client: aioredis.Redis) -> None:

@@ -31,7 +31,6 @@ class Status(str, Enum):
 
 
 TERMINAL = frozenset({Status.SUCCEEDED, Status.DEAD, Status.CANCELLED})
-WAITING = frozenset({Status.QUEUED, Status.SCHEDULED, Status.RETRYING})
 
 # The fields a request may carry, lower-cased. Anything else is refused so a typo ("retires")
 # is reported instead of silently falling back to a default.
@@ -93,13 +92,9 @@ class JobContext:
     log: Callable[..., None] = field(default=lambda event, level="info", **fields: None)
 
 
-def new_id() -> str:
-    """A 32-hex-digit id that sorts by creation time (48 bits of ms, then 80 random bits)."""
-    return new_ids(1)[0]
-
-
 def new_ids(n: int) -> list[str]:
-    """n ids at once: one call for the random bytes of a whole batch."""
+    """n job ids of 32 hex digits that sort by creation time (48 bits of ms, then 80 random bits);
+    one call for the random bytes of a whole batch."""
     stamp = f"{int(time.time() * 1000):012x}"
     noise = os.urandom(10 * n).hex()
     return [stamp + noise[i * 20 : i * 20 + 20] for i in range(n)]

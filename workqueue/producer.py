@@ -24,7 +24,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from .config import Settings, valid_queue_name
 from .connection import UNAVAILABLE
 from .errors import QueueFull, StoreUnavailable, ValidationError
-from .job import parse_specs, rfc3339, valid_id
+from .job import TERMINAL, parse_specs, rfc3339, valid_id
 from .logs import EventLog
 from .metrics import Metrics, timing_summary, wants_prometheus
 from .plugins import TaskType
@@ -277,7 +277,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     if changed is None:
         return error(404, f"id: no job {job_id[:64]!r} (unknown, or expired after its result TTL)")
     before, after = changed
-    if before in ("succeeded", "dead", "cancelled"):
+    if before in TERMINAL:
         return error(409, f"id: job {job_id} has already ended ({before}); nothing to cancel")
     request.app[LOG].emit("cancel_requested", job_id=job_id, previous_status=before)
     # A running job's handler is stopped by the worker holding it; the job is cancelled either way.
