@@ -121,7 +121,7 @@ async def enqueue_ids(queue: Queue, *specs: JobSpec, max_lengths: dict[str, int]
 
 
 async def fetch_all(queue: Queue, consumer: str = "a", count: int = 100, name: str = Q) -> list[Job]:
-    jobs, _ = await queue.fetch(name, consumer, count)
+    jobs, _, _ = await queue.fetch(name, consumer, count)
     return jobs
 
 
@@ -204,16 +204,16 @@ async def test_fetch_delivers_the_highest_level_first_and_respects_count(queue: 
     low, mid1, top, mid2 = await enqueue_ids(queue, spec(0, priority=0), spec(1, priority=5), spec(2, priority=9),
                                              spec(3, priority=5))
 
-    first, cursors = await queue.fetch(Q, "a", 2)
+    first, cursors, _ = await queue.fetch(Q, "a", 2)
 
     assert [j.id for j in first] == [top, mid1]
     assert cursors == []  # cursors only come with an empty fetch
     assert [(j.level, j.priority) for j in first] == [(9, 9), (5, 5)]
-    second, _ = await queue.fetch(Q, "b", 10)
+    second, _, _ = await queue.fetch(Q, "b", 10)
     assert [j.id for j in second] == [mid2, low]
     assert [j.level for j in second] == [5, 0]
     assert await pending(client) == 4
-    jobs, cursors = await queue.fetch(Q, "c", 10)
+    jobs, cursors, _ = await queue.fetch(Q, "c", 10)
     assert (jobs, len(cursors)) == ([], LEVELS)
 
 
@@ -243,7 +243,7 @@ async def test_fetch_marks_jobs_active_with_attempt_1(queue: Queue, client: aior
 async def test_fetch_of_an_empty_queue_returns_no_jobs_and_a_cursor_per_level(queue: Queue) -> None:
     await queue.ensure_queue(Q)
 
-    jobs, cursors = await queue.fetch(Q, "a", 10)
+    jobs, cursors, _ = await queue.fetch(Q, "a", 10)
 
     assert jobs == []
     assert cursors == ["0-0"] * LEVELS
@@ -252,7 +252,7 @@ async def test_fetch_of_an_empty_queue_returns_no_jobs_and_a_cursor_per_level(qu
 async def test_fetch_lowest_first_reads_level_0_first(queue: Queue) -> None:
     low, top, mid = await enqueue_ids(queue, spec(0, priority=0), spec(1, priority=9), spec(2, priority=4))
 
-    jobs, _ = await queue.fetch(Q, "a", 10, lowest_first=True)
+    jobs, _, _ = await queue.fetch(Q, "a", 10, lowest_first=True)
 
     assert [j.id for j in jobs] == [low, mid, top]
     assert [j.level for j in jobs] == [0, 4, 9]
@@ -261,10 +261,10 @@ async def test_fetch_lowest_first_reads_level_0_first(queue: Queue) -> None:
 async def test_fetch_lowest_first_respects_count(queue: Queue) -> None:
     low, top = await enqueue_ids(queue, spec(0, priority=0), spec(1, priority=9))
 
-    (job,), _ = await queue.fetch(Q, "a", 1, lowest_first=True)
+    (job,), _, _ = await queue.fetch(Q, "a", 1, lowest_first=True)
 
     assert job.id == low
-    (job,), _ = await queue.fetch(Q, "a", 1, lowest_first=True)
+    (job,), _, _ = await queue.fetch(Q, "a", 1, lowest_first=True)
     assert job.id == top
 
 
@@ -275,7 +275,7 @@ async def test_fetch_drops_an_entry_whose_job_is_no_longer_queued(queue: Queue, 
     await client.delete(job_key(Q, gone))
     assert await client.xlen(stream(0)) == 3
 
-    jobs, _ = await queue.fetch(Q, "a", 10)
+    jobs, _, _ = await queue.fetch(Q, "a", 10)
 
     assert [j.id for j in jobs] == [live]
     assert await stream_jobs(client, 0) == [live]  # the stale entries were acked and deleted
@@ -291,14 +291,14 @@ async def test_fetch_skips_stale_entries_to_fill_count(queue: Queue, client: aio
     for job_id in ids[:2]:
         await client.hset(job_key(Q, job_id), "status", "cancelled")
 
-    jobs, _ = await queue.fetch(Q, "a", 2)
+    jobs, _, _ = await queue.fetch(Q, "a", 2)
 
     assert [j.id for j in jobs] == ids[2:]
 
 
 async def test_wait_returns_once_a_new_entry_appears(queue: Queue, blocking: aioredis.Redis) -> None:
     await queue.ensure_queue(Q)
-    jobs, cursors = await queue.fetch(Q, "a", 10)
+    jobs, cursors, _ = await queue.fetch(Q, "a", 10)
     assert jobs == []
     waiter = asyncio.create_task(queue.wait(blocking, Q, cursors, 10_000))
     await asyncio.sleep(0.1)
@@ -317,7 +317,7 @@ async def test_wait_blocks_about_block_ms_when_nothing_comes(queue: Queue, block
     # Jobs delivered but not acknowledged keep their entries on the streams; waiting must not wake for them.
     await enqueue_ids(queue, spec(0, priority=9), spec(1, priority=0))
     assert len(await fetch_all(queue)) == 2
-    jobs, cursors = await queue.fetch(Q, "a", 10)
+    jobs, cursors, _ = await queue.fetch(Q, "a", 10)
     assert jobs == []
 
     started = time.monotonic()
@@ -330,7 +330,7 @@ async def test_wait_with_cursors_of_a_lowest_first_fetch_blocks_too(queue: Queue
     # The worker passes the cursors of every fetch to `wait`, including its lowest-first rounds.
     await enqueue_ids(queue, spec(0, priority=9))
     assert len(await fetch_all(queue)) == 1  # active: its entry stays on stream:9 until acknowledged
-    jobs, cursors = await queue.fetch(Q, "a", 10, lowest_first=True)
+    jobs, cursors, _ = await queue.fetch(Q, "a", 10, lowest_first=True)
     assert jobs == []
 
     started = time.monotonic()
@@ -1090,15 +1090,15 @@ async def test_the_same_scripts_work_on_the_embedded_fakeredis_store() -> None:
         low, top, later, keyed = await enqueue_ids(queue, spec(0, priority=1), spec(1, priority=8),
                                                    spec(2, run_at=time.time() + 3600), spec(3, key="k"))
         assert (await queue.enqueue([spec(3, key="k")], {}))[0].id == keyed
-        jobs, cursors = await queue.fetch(Q, "a", 2)
+        jobs, cursors, _ = await queue.fetch(Q, "a", 2)
         assert [(j.id, j.level, j.attempts) for j in jobs] == [(top, 8, 1), (low, 1, 1)]
         assert await queue.cancel(later) == ("scheduled", "cancelled")
-        (last,), _ = await queue.fetch(Q, "b", 5, lowest_first=True)
+        (last,), _, _ = await queue.fetch(Q, "b", 5, lowest_first=True)
         assert last.id == keyed
-        empty, cursors = await queue.fetch(Q, "b", 5)
+        empty, cursors, _ = await queue.fetch(Q, "b", 5)
         assert (empty, len(cursors)) == ([], LEVELS)
         assert await queue.recover(Q, "b", release=True) == (1, [])  # hands back `last`
-        (again,), _ = await queue.fetch(Q, "c", 5)
+        (again,), _, _ = await queue.fetch(Q, "c", 5)
         assert (again.id, again.level, again.attempts) == (keyed, 9, 1)  # a handed-back attempt does not count
         assert await queue.finish([Outcome(jobs[0], "succeeded", "1"), Outcome(jobs[1], "dead", "E"),
                                    Outcome(last, "succeeded", "stale"),

@@ -113,8 +113,6 @@ class Queue:
         # Requests waiting to be enqueued together, per queue, and the queues being flushed now.
         self.waiting: dict[str, list[tuple[list[JobSpec], int, asyncio.Future[list[Enqueued]]]]] = {}
         self.flushing: set[str] = set()
-        # (queue, job id) of poison jobs `fetch` made dead, for the worker to log.
-        self.buried: list[tuple[str, str]] = []
 
     async def ensure_queue(self, queue: str) -> None:
         """Create the queue's streams and consumer groups once per process (id 0: no job skipped)."""
@@ -238,15 +236,17 @@ class Queue:
 
     # -- consuming ----------------------------------------------------------------------------
 
-    async def fetch(self, queue: str, consumer: str, count: int, lowest_first: bool = False) -> tuple[list[Job], list[str]]:
+    async def fetch(self, queue: str, consumer: str, count: int,
+                    lowest_first: bool = False) -> tuple[list[Job], list[str], list[str]]:
         """Deliver up to `count` waiting jobs, highest priority first (lowest first when asked, so
-        low priorities are never starved for good). Returns (jobs, cursors for `wait`)."""
+        low priorities are never starved for good). Returns (jobs, cursors for `wait`, ids of poison
+        jobs made dead instead of delivered)."""
         order = streams(queue) if lowest_first else streams(queue)[::-1]
         jobs_flat, cursors, buried = await self.scripts["fetch"](
             keys=order, args=[GROUP, consumer, count, key(queue, ""), ms(self.retention.dead_ttl),
                               ms(self.retention.key_ttl)]
         )
-        self.buried.extend((queue, b.decode()) for b in buried)
+
         jobs = []
         for i in range(0, len(jobs_flat), 10):
             job_id, delivery, level, task_type, payload, retries, attempts, timeout, due_at, priority = jobs_flat[i : i + 10]
@@ -267,7 +267,7 @@ class Queue:
             )
         # `wait` takes cursors highest level first, whatever order this fetch read the levels in.
         ordered = [c.decode() for c in cursors][:: -1 if lowest_first else 1]
-        return jobs, ordered if not jobs else []
+        return jobs, ordered if not jobs else [], [b.decode() for b in buried]
 
     async def wait(self, client: aioredis.Redis, queue: str, cursors: list[str], block_ms: int) -> None:
         """Block until an entry newer than the cursors appears on one of the queue's streams.

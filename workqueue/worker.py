@@ -189,10 +189,10 @@ class Worker:
                 for queue in self.weighted_order():
                     if fetched == count:
                         break
-                    jobs, cursors[queue] = await self.queue.fetch(queue, self.name, count - fetched, lowest_first)
-                    while self.queue.buried:
-                        where, job_id = self.queue.buried.pop()
-                        self.log.emit("dead", "error", job_id=job_id, queue=where, worker=self.name,
+                    jobs, cursors[queue], buried = await self.queue.fetch(queue, self.name, count - fetched,
+                                                                          lowest_first)
+                    for job_id in buried:
+                        self.log.emit("dead", "error", job_id=job_id, queue=queue, worker=self.name,
                                       error="exceeded its delivery limit: every worker running it died")
                     fetched += len(jobs)
                     for job in jobs:
