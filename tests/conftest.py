@@ -25,7 +25,7 @@ import pytest
 import redis
 from aiohttp.test_utils import TestClient, TestServer
 
-from workqueue.app import create_app
+from workqueue.api import create_app
 from workqueue.config import Settings, build
 from workqueue.plugins import TaskType, load_plugins
 

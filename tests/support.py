@@ -9,7 +9,38 @@ from typing import Any
 
 import orjson
 
-from tests.conftest import FIXTURE_PLUGINS, async_wait_for
+from tests.conftest import FIXTURE_PLUGINS, Service, async_wait_for
+from workqueue.store.keys import keys_of
+
+
+# -- Redis keys, for tests that look at what the store left behind ------------------------------
+
+
+def key(queue: str, name: str) -> str:
+    return keys_of(queue).prefix + name
+
+
+def job_key(queue: str, job_id: str) -> str:
+    return keys_of(queue).job(job_id)
+
+
+def streams(queue: str) -> list[str]:
+    """The queue's level streams, lowest priority first."""
+    return list(keys_of(queue).streams)
+
+
+def idempotency_key(queue: str, user_key: str) -> str:
+    return keys_of(queue).idempotency(user_key)
+
+
+# -- the HTTP API --------------------------------------------------------------------------------
+
+
+async def enqueue(client: Any, **job: Any) -> str:
+    job.setdefault("payload", {})
+    response = await client.post("/enqueue", json=job)
+    assert response.status == 202, await response.text()
+    return str((await response.json())["id"])
 
 
 async def get_job(client: Any, job_id: str) -> dict[str, Any]:
@@ -41,6 +72,11 @@ def http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
             return r.status, orjson.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, orjson.loads(e.read())
+
+
+def service_metrics(service: Service) -> dict[str, Any]:
+    """GET /metrics of a service process."""
+    return dict(http("GET", f"{service.url}/metrics")[1])
 
 
 def write_config(directory: Path, redis_url: str, **values: Any) -> Path:

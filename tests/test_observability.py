@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from tests.conftest import Service, async_wait_for, inline_task, read_log, wait_for
-from tests.test_processes import write_config
+from tests.support import write_config
 from workqueue.plugins import TaskType
 
 Client = TestClient[Any, Any]

@@ -20,10 +20,10 @@ import pytest
 import redis
 
 from tests.conftest import FIXTURE_PLUGINS, Service, read_log, wait_for
-from tests.test_processes import http, metrics
+from tests.support import http, idempotency_key
+from tests.support import service_metrics as metrics
 from workqueue.config import build
 from workqueue.errors import ConfigError
-from workqueue.queue import idempotency_key
 from workqueue.schedule import Schedule, parse_schedules
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """workqueue: a background job service. HTTP in, Redis in the middle, asyncio workers out."""
 
-from .app import create_app
+from .api import create_app
 from .config import Settings
 from .errors import ConfigError, PermanentError, PluginError, QueueFull, StoreUnavailable, ValidationError, WorkqueueError
 from .job import JobContext, Status

@@ -11,11 +11,9 @@ from pathlib import Path
 from aiohttp import web
 
 from . import config
-from .app import create_app
+from .api import create_app
 from .errors import ConfigError, PluginError
 from .plugins import load_plugins
-from .schedule import parse_schedules
-from .task import check_settings
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -38,18 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = config.load(args.config, os.environ, overrides)
         tasks = load_plugins([Path(d) for d in settings.plugin_dirs])
-        unknown = sorted(set(settings.plugins) - set(tasks))
-        if unknown:
-            raise ConfigError(f"plugins.{unknown[0]}: no loaded task type is named {unknown[0]!r}")
-        for name, task in tasks.items():
-            check_settings(name, task.options, settings.plugins.get(name, {}))
-        for i, schedule in enumerate(parse_schedules(settings.schedule)):
-            if schedule.type not in tasks:
-                raise ConfigError(f"schedule[{i}].type: no loaded task type is named {schedule.type!r}")
+        app = create_app(settings, tasks)
     except (ConfigError, PluginError) as e:
         print(f"workqueue: {e}", file=sys.stderr)
         return 2
-    app = create_app(settings, tasks)
     print(f"workqueue: {settings.role} on http://{settings.host}:{settings.port} "
           f"({', '.join(sorted(tasks)) or 'no task types'})", file=sys.stderr, flush=True)
     web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,

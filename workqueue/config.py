@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import specs
 from .errors import ConfigError
-from .schedule import parse_schedules
+from .schedule import Schedule, parse_schedules
 
 ROLES = ("producer", "worker", "both")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -54,7 +54,7 @@ class Settings:
     priority_fairness: int = 10
     redis_timeout: float = 2.0
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    schedule: tuple[Mapping[str, Any], ...] = ()
+    schedule: tuple[Schedule, ...] = ()  # parsed once, here
 
     @property
     def runs_producer(self) -> bool:
@@ -169,9 +169,9 @@ def convert(name: str, value: Any) -> Any:
                 raise TypeError("expected a table of queue name = maximum number of waiting jobs")
             return {str(q): to_int(n) for q, n in value.items()}
         if name == "schedule":
-            if not isinstance(value, (list, tuple)) or not all(isinstance(v, Mapping) for v in value):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, (Mapping, Schedule)) for v in value):
                 raise TypeError("expected [[schedule]] tables")
-            return tuple(dict(v) for v in value)
+            return parse_schedules(value)
         if name == "plugins":
             if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
                 raise TypeError("expected a table of tables, one [plugins.<type>] per task type")
@@ -222,9 +222,13 @@ def check(s: Settings) -> None:
     for key in ("concurrency", "max_body_bytes", "max_batch", "dead_max", "priority_fairness"):
         if getattr(s, key) < 1:
             fail(key, "an integer >= 1")
-    if s.default_retries < 0:
-        fail("default_retries", "an integer >= 0")
-    for key in ("default_timeout", "backoff_base", "backoff_max", "lease", "result_ttl", "dead_ttl", "idempotency_ttl",
+    # Defaults for a job's fields obey the same checks as the fields themselves.
+    for key, field_check in (("default_retries", specs.retries), ("default_timeout", specs.timeout)):
+        try:
+            field_check(getattr(s, key))
+        except specs.FieldError as e:
+            raise ConfigError(f"{key}: {e} (got {getattr(s, key)!r})") from None
+    for key in ("backoff_base", "backoff_max", "lease", "result_ttl", "dead_ttl", "idempotency_ttl",
                 "redis_timeout"):
         if not getattr(s, key) > 0:
             fail(key, "a number of seconds > 0")
@@ -234,13 +238,12 @@ def check(s: Settings) -> None:
         fail("queues", "at least one queue name")
     for entry in s.queues:
         queue, _, weight = entry.partition(":")
-        if not valid_queue_name(queue) or (weight and not (weight.isdigit() and 1 <= int(weight) <= 1000)):
+        if not specs.valid_queue_name(queue) or (weight and not (weight.isdigit() and 1 <= int(weight) <= 1000)):
             fail("queues", "queue names of letters, digits, '_', '-' or '.' (1-64 characters), each "
                  "optionally with a weight from 1 to 1000 as name:weight")
     for queue, limit in s.max_length.items():
-        if not valid_queue_name(queue) or limit < 1:
+        if not specs.valid_queue_name(queue) or limit < 1:
             raise ConfigError(f"max_length.{queue}: expected a queue name = an integer >= 1 (got {limit!r})")
-    parse_schedules(s.schedule)
     if not s.redis_url.startswith(("redis://", "rediss://", "unix://", "memory://")):
         raise ConfigError("redis_url: expected a redis://, rediss://, unix:// or memory:// URL")
     if s.redis_url.startswith("memory://") and s.role != "both":
@@ -248,11 +251,3 @@ def check(s: Settings) -> None:
             f"redis_url: memory:// is an embedded store inside one process, so it only works with "
             f"role 'both' (got role {s.role!r}); give --redis redis://HOST:PORT to run a lone {s.role}"
         )
-
-
-# Queue names go inside Redis key hash tags `{name}`, so braces and spaces are out.
-QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
-
-
-def valid_queue_name(name: str) -> bool:
-    return QUEUE_NAME.match(name) is not None

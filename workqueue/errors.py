@@ -5,8 +5,12 @@
     ├── PluginError         a plugin failed to load or clashes with another; start-up stops
     ├── ValidationError     a request or job is malformed; HTTP 400/413/415/422, nothing enqueued
     ├── PermanentError      raised by a handler: the job fails now, without retrying
-    ├── StoreUnavailable    Redis cannot be reached right now; HTTP 503 with Retry-After
+    ├── StoreError          Redis answered with an error workqueue did not expect; HTTP 500
+    │   └── StoreUnavailable  Redis cannot be reached right now; HTTP 503 with Retry-After
     └── QueueFull           the queue is at its max_length; HTTP 503 with Retry-After
+
+Redis errors become StoreError or StoreUnavailable at one boundary, the store (`workqueue.store`):
+no other module sees a redis-py exception.
 """
 
 from __future__ import annotations
@@ -32,7 +36,11 @@ class ValidationError(WorkqueueError):
         self.status = status
 
 
-class StoreUnavailable(WorkqueueError):
+class StoreError(WorkqueueError):
+    """Redis refused a command in a way no retry fixes by itself (a bug, or a misconfigured Redis)."""
+
+
+class StoreUnavailable(StoreError):
     """Redis did not answer; the operation had no effect and may be retried."""
 
 

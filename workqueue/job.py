@@ -1,26 +1,30 @@
-"""Jobs: their states, what a client may ask for (`JobSpec`), and what a worker runs (`Job`).
+"""Jobs: the state machine (`Status` and its named sets), what a client asks for (`JobSpec`), what a
+worker runs (`Job`), how an attempt ends (`Outcome`) and what the store says of it (`Verdict`).
 
-Request validation lives here so the HTTP layer and any future client share one definition of a
-valid job. Field names are matched case-insensitively, as the Go service's JSON decoding did.
+The Lua scripts use the same names: `workqueue.store.scripts` hands them `STATUS` and `VERDICT`
+tables built from the enums below, and a contract test checks that no script spells a status itself.
+
+    queued ──fetch──> active ──succeeded──> succeeded
+      ^  ^               │ ──failed, attempts left──> retrying ──backoff over──> queued
+      │  │               │ ──failed, none left / PermanentError──> dead ──re-drive──> queued
+      │  └──promote── scheduled (delay, run_at)
+      └──recover/hand-back (worker died or stopped)
+    queued, scheduled, retrying, active ──cancel──> cancelled
 """
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import Enum
+from enum import IntEnum, StrEnum
 from typing import Any
 
-from .errors import ValidationError
-from .task import TaskOptions, check_payload
 
-
-class Status(str, Enum):
+class Status(StrEnum):
     QUEUED = "queued"
     SCHEDULED = "scheduled"
     ACTIVE = "active"
@@ -31,15 +35,36 @@ class Status(str, Enum):
 
 
 TERMINAL = frozenset({Status.SUCCEEDED, Status.DEAD, Status.CANCELLED})
+"""A job in one of these never runs again (but a dead one may be re-driven)."""
+WAITING = frozenset({Status.QUEUED, Status.SCHEDULED, Status.RETRYING})
+"""Not running and not ended: a cancel takes it off the queue at once."""
+ENDINGS = frozenset({Status.SUCCEEDED, Status.RETRYING, Status.DEAD, Status.CANCELLED})
+"""What one attempt can end in: the status an `Outcome` asks for."""
 
-# The fields a request may carry, lower-cased. Anything else is refused so a typo ("retires")
-# is reported instead of silently falling back to a default.
-REQUEST_FIELDS = frozenset({"type", "payload", "retries", "queue", "timeout", "priority", "delay", "run_at", "key"})
-MAX_TIMEOUT = 7 * 24 * 3600.0
-MAX_RETRIES = 1000
-MAX_DELAY = 366 * 24 * 3600.0
-MAX_PRIORITY = 9
-MAX_KEY_LENGTH = 256
+
+class Tally(StrEnum):
+    """The cluster-wide counters of a queue's stats hash: events, counted as they happen. The first
+    group is kept per queue; the per task type counters ('<tally>|<type>') are the `outcome` label
+    of workqueue_jobs_total (succeeded, failed, retried, dead, cancelled, recovered)."""
+
+    ENQUEUED = "enqueued"
+    DONE = "done"  # succeeded (the Go service's jobs_done)
+    FAILED = "failed"  # per queue: jobs that ended dead; per type: failed attempts
+    RETRIED = "retried"
+    RECOVERED = "recovered"  # taken back from a worker that died
+    RELEASED = "released"  # handed back by a worker that stopped
+    CANCELLED = "cancelled"
+    REDRIVEN = "redriven"
+    SUCCEEDED = "succeeded"  # per type only
+    DEAD = "dead"  # per type only
+
+
+class Verdict(IntEnum):
+    """What the store did with an attempt's outcome."""
+
+    REFUSED = 0  # the job is no longer held through this delivery (recovered by another worker)
+    RECORDED = 1
+    CANCELLED = 2  # the job was cancelled meanwhile: acknowledged, the outcome discarded
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +99,18 @@ class Job:
     priority: int = 0
 
 
+@dataclass(slots=True)  # not frozen: one per attempt on the hot path; the worker fills in wait and run
+class Outcome:
+    """The end of one attempt, to be recorded by the store: `status` is one of `ENDINGS`."""
+
+    job: Job
+    status: Status
+    data: str  # result JSON for SUCCEEDED, else the error text
+    retry_at: float = 0.0  # epoch seconds, for RETRYING
+    wait: float = 0.0  # seconds from due to the real start (not the fetch: jobs may be fetched ahead)
+    run: float = 0.0  # seconds the attempt ran
+
+
 @dataclass(frozen=True, slots=True)
 class JobContext:
     """What a handler that declares a `ctx` parameter is given.
@@ -102,147 +139,6 @@ def new_ids(n: int) -> list[str]:
 
 def valid_id(job_id: str) -> bool:
     return len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)
-
-
-def parse_specs(
-    body: Any,
-    known_types: Mapping[str, TaskOptions],
-    default_retries: int,
-    default_timeout: float,
-    is_queue_name: Callable[[str], bool],
-    header_key: str | None = None,
-    plugin_settings: Mapping[str, Mapping[str, Any]] | None = None,
-) -> list[JobSpec]:
-    """Validate a decoded request body: one job object or a non-empty array of them.
-
-    `header_key` is the Idempotency-Key header, the same thing as a single job's `key` field.
-    Raises ValidationError naming the field (and the index, for arrays); nothing is partially valid.
-    """
-
-    def one(item: Any, where: str) -> JobSpec:
-        return parse_spec(item, where, known_types, default_retries, default_timeout, is_queue_name,
-                          plugin_settings or {})
-
-    if isinstance(body, list):
-        if not body:
-            raise ValidationError("body: expected a job object or a non-empty array of them", 422)
-        if header_key is not None:
-            raise ValidationError("Idempotency-Key: applies to a single job; give each job of an array its own key", 422)
-        return [one(item, f"[{i}].") for i, item in enumerate(body)]
-    spec = one(body, "")
-    if header_key is not None:
-        key = check_key(header_key, "Idempotency-Key")
-        if spec.key is not None and spec.key != key:
-            raise ValidationError("key: differs from the Idempotency-Key header", 422)
-        spec = replace(spec, key=key)
-    return [spec]
-
-
-def parse_spec(
-    item: Any,
-    where: str,
-    known_types: Mapping[str, TaskOptions],
-    default_retries: int,
-    default_timeout: float,
-    is_queue_name: Callable[[str], bool],
-    plugin_settings: Mapping[str, Mapping[str, Any]],
-) -> JobSpec:
-    def fail(name: str, expected: str, status: int = 422) -> ValidationError:
-        return ValidationError(f"{where}{name}: {expected}", status)
-
-    if not isinstance(item, dict):
-        raise fail("body" if not where else "job", "expected a JSON object with type and payload", 400)
-    fields: dict[str, Any] = {}
-    for key, value in item.items():
-        name = key.lower()
-        if name not in REQUEST_FIELDS:
-            raise fail(key, f"unknown field (expected {', '.join(sorted(REQUEST_FIELDS))})")
-        if name in fields:
-            raise fail(key, "given twice (field names are case-insensitive)")
-        fields[name] = value
-
-    task_type = fields.get("type")
-    if task_type is None:
-        raise fail("type", "required (the task type to run)")
-    if not isinstance(task_type, str) or not task_type:
-        raise fail("type", "expected a non-empty string")
-    if task_type not in known_types:
-        known = ", ".join(sorted(known_types)) or "none loaded"
-        raise fail("type", f"unknown task type {task_type[:100]!r} (known: {known})")
-
-    if "payload" not in fields:
-        raise fail("payload", "required (a JSON object, may be empty)")
-    payload = fields["payload"]
-    if not isinstance(payload, dict):
-        raise fail("payload", "expected a JSON object")
-
-    options = known_types[task_type]
-    check_payload(options, payload, f"{where}payload", plugin_settings.get(task_type))
-
-    retries = fields.get("retries", default_retries if options.retries is None else options.retries)
-    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
-        raise fail("retries", f"expected an integer from 0 to {MAX_RETRIES}")
-
-    queue = fields.get("queue", "default")
-    if not isinstance(queue, str) or not is_queue_name(queue):
-        raise fail("queue", "expected a queue name of letters, digits, '_', '-' or '.' (1-64 characters)")
-
-    timeout = fields.get("timeout", default_timeout if options.timeout is None else options.timeout)
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, (int, float))
-        or not math.isfinite(timeout)
-        or not 0 < timeout <= MAX_TIMEOUT
-    ):
-        raise fail("timeout", f"expected a number of seconds > 0 and <= {MAX_TIMEOUT:.0f}")
-
-    priority = fields.get("priority", 0)
-    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
-        raise fail("priority", f"expected an integer from 0 to {MAX_PRIORITY} (higher runs first)")
-
-    run_at = None
-    if "delay" in fields and "run_at" in fields:
-        raise fail("delay", "give either delay or run_at, not both")
-    if "delay" in fields:
-        delay = fields["delay"]
-        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= MAX_DELAY:
-            raise fail("delay", f"expected a number of seconds from 0 to {MAX_DELAY:.0f}")
-        run_at = time.time() + delay
-    elif "run_at" in fields:
-        run_at = parse_time(fields["run_at"])
-        if run_at is None or run_at > time.time() + MAX_DELAY:
-            raise fail("run_at", "expected an RFC 3339 time with a UTC offset (2026-12-01T09:00:00Z) "
-                       "or epoch seconds, at most a year ahead")
-
-    key = fields.get("key")
-    if key is not None:
-        key = check_key(key, where + "key")
-
-    return JobSpec(type=task_type, payload=payload, retries=retries, queue=queue, timeout=float(timeout),
-                   priority=priority, run_at=run_at, key=key)
-
-
-def check_key(key: Any, name: str) -> str:
-    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH:
-        raise ValidationError(f"{name}: expected an idempotency key of 1 to {MAX_KEY_LENGTH} characters", 422)
-    return key
-
-
-def parse_time(value: Any) -> float | None:
-    """Epoch seconds from an RFC 3339 string with an offset, or from a number; None if neither."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return float(value) if math.isfinite(value) and value >= 0 else None
-    if isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        if moment.tzinfo is None:
-            return None
-        return moment.timestamp()
-    return None
 
 
 def rfc3339(epoch: float | None) -> str | None:

@@ -1,32 +1,29 @@
-"""Periodic jobs: `[[schedule]]` entries enqueued exactly once per tick by any number of workers.
+"""Periodic jobs: the `[[schedule]]` entries of the configuration and their tick instants.
 
-There is no leader to lose. Every worker process computes the same tick instants (multiples of
-`every` since the epoch, or the cron expression's times in UTC) and enqueues the tick's job with
-the idempotency key `schedule:<name>:<tick>`: the enqueue script lets the first claim through and
-turns the others into no-ops, atomically. Ticks are computed from the schedule, never from how long
-a sleep took, so a busy worker does not drift; ticks missed while no worker ran are skipped, or
-run once (`missed = "once"`), never replayed as a burst.
+Ticks are multiples of `every` since the epoch, or the cron expression's times in UTC, so every
+worker process computes the same instants; `worker.upkeep` enqueues each tick's job once across
+all of them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from croniter import croniter
 
-from .errors import ConfigError
-from .job import MAX_PRIORITY, JobSpec
+from . import specs
+from .errors import ConfigError, ValidationError
+from .job import JobSpec
 
 if TYPE_CHECKING:
-    from .logs import EventLog
-    from .queue import Queue
+    from .task import TaskOptions
 
-FIELDS = {"name", "type", "payload", "cron", "every", "queue", "retries", "timeout", "priority", "missed"}
+FIELDS = frozenset({"name", "type", "payload", "cron", "every", "queue", "retries", "timeout", "priority", "missed"})
+MISSED = ("skip", "once")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,116 +60,84 @@ class Schedule:
         return self.next_tick(first) - first
 
 
-def parse_schedules(entries: Sequence[Mapping[str, Any]]) -> list[Schedule]:
-    """Validate `[[schedule]]` tables; ConfigError names the entry and field."""
-    from .config import valid_queue_name  # config imports this module
+def every(value: Any) -> float:
+    if not specs.is_number(value) or not value > 0:
+        raise specs.FieldError("expected a number of seconds > 0")
+    return float(value)
 
+
+def cron(value: Any) -> str:
+    if not isinstance(value, str) or not croniter.is_valid(value):
+        raise specs.FieldError("expected a cron expression such as '*/5 * * * *' (UTC)")
+    return value
+
+
+def missed(value: Any) -> str:
+    if value not in MISSED:
+        raise specs.FieldError("expected 'skip' or 'once'")
+    return str(value)
+
+
+def name(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise specs.FieldError("expected a non-empty string")
+    return value
+
+
+# Each key with its checker: the job fields use the same ones as a request does.
+CHECKS: dict[str, Callable[[Any], Any]] = {
+    "name": name, "type": specs.task_type, "payload": specs.payload, "every": every, "cron": cron,
+    "queue": specs.queue, "retries": specs.retries, "timeout": specs.timeout, "priority": specs.priority,
+    "missed": missed,
+}
+
+
+def parse_schedules(entries: Sequence[Mapping[str, Any] | Schedule]) -> tuple[Schedule, ...]:
+    """Validate `[[schedule]]` tables (entries already parsed pass through); ConfigError names the
+    entry and the key."""
     out: list[Schedule] = []
     for i, entry in enumerate(entries):
-        where = f"schedule[{i}]"
+        schedule = entry if isinstance(entry, Schedule) else parse_one(entry, f"schedule[{i}]")
+        if any(s.name == schedule.name for s in out):
+            raise ConfigError(f"schedule[{i}].name: {schedule.name!r} is used by another schedule; "
+                              "give each a unique name")
+        out.append(schedule)
+    return tuple(out)
 
-        def fail(name: str, expected: str) -> ConfigError:
-            return ConfigError(f"{where}.{name}: expected {expected} (got {entry.get(name)!r})")
 
-        unknown = set(entry) - FIELDS
-        if unknown:
-            raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(FIELDS))})")
-        if not isinstance(entry.get("type"), str) or not entry["type"]:
-            raise fail("type", "the task type to enqueue")
-        payload = entry.get("payload", {})
-        if not isinstance(payload, Mapping):
-            raise fail("payload", "a table")
-        if ("cron" in entry) == ("every" in entry):
-            raise ConfigError(f"{where}: give exactly one of cron (a cron expression) or every (seconds)")
-        every = entry.get("every")
-        if every is not None and (isinstance(every, bool) or not isinstance(every, (int, float)) or not every > 0):
-            raise fail("every", "a number of seconds > 0")
-        cron = entry.get("cron")
-        if cron is not None and (not isinstance(cron, str) or not croniter.is_valid(cron)):
-            raise fail("cron", "a cron expression such as '*/5 * * * *' (UTC)")
-        queue = entry.get("queue", "default")
-        if not isinstance(queue, str) or not valid_queue_name(queue):
-            raise fail("queue", "a queue name")
-        missed = entry.get("missed", "skip")
-        if missed not in ("skip", "once"):
-            raise fail("missed", "'skip' or 'once'")
-        retries = entry.get("retries")
-        if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
-            raise fail("retries", "an integer >= 0")
-        timeout = entry.get("timeout")
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise fail("timeout", "a number of seconds > 0")
-        priority = entry.get("priority", 0)
-        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
-            raise fail("priority", f"an integer from 0 to {MAX_PRIORITY}")
-        name = entry.get("name", f"{entry['type']}@{cron or every}")
-        if not isinstance(name, str) or not name:
-            raise fail("name", "a non-empty string")
-        if any(s.name == name for s in out):
-            raise ConfigError(f"{where}.name: {name!r} is used by another schedule; give each a unique name")
-        out.append(Schedule(name=name, type=entry["type"], payload=dict(payload),
-                            every=float(every) if every is not None else None, cron=cron, queue=queue,
-                            retries=retries, timeout=float(timeout) if timeout is not None else None,
-                            priority=priority, missed=missed))
+def parse_one(entry: Mapping[str, Any], where: str) -> Schedule:
+    unknown = set(entry) - FIELDS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(sorted(FIELDS))})")
+    if "type" not in entry:
+        raise ConfigError(f"{where}.type: expected the task type to enqueue")
+    if ("cron" in entry) == ("every" in entry):
+        raise ConfigError(f"{where}: give exactly one of cron (a cron expression) or every (seconds)")
+    values: dict[str, Any] = {}
+    for key, value in entry.items():
+        try:
+            values[key] = CHECKS[key](value)
+        except specs.FieldError as e:
+            raise ConfigError(f"{where}.{key}: {e} (got {value!r})") from None
+    values.setdefault("name", f"{values['type']}@{entry.get('cron') or entry.get('every')}")
+    return Schedule(**values)
+
+
+def job_specs(schedules: Sequence[Schedule], known_types: Mapping[str, TaskOptions], default_retries: int,
+              default_timeout: float, plugin_settings: Mapping[str, Mapping[str, Any]]) -> list[JobSpec]:
+    """The job each schedule enqueues at every tick (the tick then adds its idempotency key), made
+    as a request's job is: the task type must be loaded, the payload must fit its schema, and the
+    task's own default timeout and retries apply. ConfigError names the schedule and the field."""
+    out = []
+    for i, schedule in enumerate(schedules):
+        if schedule.type not in known_types:
+            raise ConfigError(f"schedule[{i}].type: no loaded task type is named {schedule.type!r}")
+        body: dict[str, Any] = {"type": schedule.type, "payload": schedule.payload, "queue": schedule.queue,
+                                "priority": schedule.priority}
+        body.update({k: v for k, v in (("retries", schedule.retries), ("timeout", schedule.timeout)) if v is not None})
+        try:
+            out.append(specs.parse_spec(body, f"schedule[{i}].", known_types, default_retries, default_timeout,
+                                        plugin_settings))
+        except ValidationError as e:
+            raise ConfigError(str(e)) from None
     return out
-
-
-class Scheduler:
-    """Runs every schedule in this worker process; any number of processes may run the same ones."""
-
-    def __init__(self, schedules: Sequence[Schedule], queue: Queue, log: EventLog, default_retries: int,
-                 default_timeout: float) -> None:
-        self.schedules = schedules
-        self.queue = queue
-        self.log = log
-        self.default_retries = default_retries
-        self.default_timeout = default_timeout
-
-    async def run(self) -> None:
-        await asyncio.gather(*(self.keep(s) for s in self.schedules))
-
-    async def keep(self, schedule: Schedule) -> None:
-        from .connection import UNAVAILABLE
-
-        caught_up = schedule.missed != "once"
-        tick = schedule.next_tick(time.time())
-        while True:
-            try:
-                if not caught_up:
-                    await self.catch_up(schedule)
-                    caught_up = True
-                await asyncio.sleep(max(0.0, tick - time.time()))
-                await self.fire(schedule, tick)
-                tick = schedule.next_tick(max(tick, time.time()))
-            except UNAVAILABLE as e:
-                self.log.emit("redis_unavailable", "warning", schedule=schedule.name, error=str(e))
-                await asyncio.sleep(0.5)
-                tick = schedule.next_tick(time.time())
-            except Exception as e:  # e.g. a 409 while a deploy runs two configs: keep the other ticks
-                self.log.emit("schedule_failed", "error", schedule=schedule.name, tick=tick, error=f"{type(e).__name__}: {e}")
-                tick = schedule.next_tick(max(tick, time.time()))
-
-    async def catch_up(self, schedule: Schedule) -> None:
-        """With missed = "once": if ticks passed while no worker ran, run the latest one now."""
-        last = await self.queue.last_tick(schedule.queue, schedule.name)
-        latest = schedule.previous_tick(time.time())
-        if last is not None and last < latest:
-            await self.fire(schedule, latest)
-
-    async def fire(self, schedule: Schedule, tick: float) -> None:
-        spec = JobSpec(
-            type=schedule.type,
-            payload=schedule.payload,
-            retries=self.default_retries if schedule.retries is None else schedule.retries,
-            queue=schedule.queue,
-            timeout=schedule.timeout or self.default_timeout,
-            priority=schedule.priority,
-            key=f"schedule:{schedule.name}:{tick:.3f}",
-            # The key only has to outlast the other workers' claims on this tick.
-            key_ttl=max(60.0, 2 * schedule.period),
-        )
-        (done,) = await self.queue.enqueue([spec], {})
-        await self.queue.set_last_tick(schedule.queue, schedule.name, tick)
-        if done.created:
-            self.log.emit("scheduled_enqueued", job_id=done.id, type=spec.type, queue=spec.queue,
-                          schedule=schedule.name, tick=tick)

@@ -9,8 +9,8 @@
 
 The schema is JSON Schema (draft 7), compiled once by fastjsonschema: checking a payload costs
 about a microsecond, so it can sit on the enqueue path. The producer checks it at enqueue (422
-naming the field) and the worker checks it again before running, since a job may have been
-enqueued by an older producer. `validate`, if given, is a function for checks JSON Schema cannot express (an
+naming the field) and the worker checks it again before running (`specs.check_payload`), since a
+job may have been enqueued by an older producer. `validate`, if given, is a function for checks JSON Schema cannot express (an
 email address that parses, a path inside a directory); it raises ValueError with a message that
 starts with the field name, e.g. "to: 'x@' is not an email address".
 """
@@ -25,7 +25,8 @@ import inspect
 
 import fastjsonschema
 
-from .errors import ConfigError, PluginError, ValidationError
+from . import specs
+from .errors import ConfigError, PluginError
 
 F = TypeVar("F", bound=Callable[..., Any])
 ATTRIBUTE = "__workqueue_task__"
@@ -56,10 +57,9 @@ def task(
     `settings(table)` checks the plugin's `[plugins.<type>]` table at start-up. Both raise
     ValueError with a message that starts with the field or key at fault.
     """
-    if timeout is not None and not timeout > 0:
-        raise PluginError(f"task(timeout={timeout!r}): expected a number of seconds > 0")
-    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
-        raise PluginError(f"task(retries={retries!r}): expected an integer >= 0")
+    # The same checks as a job's own fields: a default that a request could not give is refused.
+    timeout = None if timeout is None else option(specs.timeout, "timeout", timeout)
+    retries = None if retries is None else option(specs.retries, "retries", retries)
     validator = None
     if schema is not None:
         try:
@@ -74,6 +74,13 @@ def task(
         return handler
 
     return mark
+
+
+def option(check: Callable[[Any], Any], name: str, value: Any) -> Any:
+    try:
+        return check(value)
+    except specs.FieldError as e:
+        raise PluginError(f"task({name}={value!r}): {e}") from None
 
 
 def takes_settings(validate: Callable[..., None]) -> bool:
@@ -95,24 +102,3 @@ def check_settings(task_type: str, options: TaskOptions, table: Mapping[str, Any
             options.settings(table)
         except ValueError as e:
             raise ConfigError(f"plugins.{task_type}.{e}") from e
-
-
-def check_payload(options: TaskOptions, payload: dict[str, Any], where: str = "payload",
-                  settings: Mapping[str, Any] | None = None) -> None:
-    """Raise ValidationError (422) naming the first field that does not fit the declaration."""
-    if options.validator is not None:
-        try:
-            options.validator(payload)
-        except fastjsonschema.JsonSchemaValueException as e:
-            # e.path is ["data", "to", 1]; e.message starts with e.name ("data.to[1] must be ...").
-            path = "".join(f"[{p}]" if str(p).isdigit() else f".{p}" for p in (e.path or ["data"])[1:])
-            reason = e.message[len(e.name):].strip() if e.name and e.message.startswith(e.name) else e.message
-            raise ValidationError(f"{where}{path}: {reason}", 422) from None
-    if options.validate is not None:
-        try:
-            if options.validate_takes_settings:
-                options.validate(payload, settings or {})
-            else:
-                options.validate(payload)
-        except ValueError as e:
-            raise ValidationError(f"{where}.{e}", 422) from e

@@ -19,9 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchlib import emit, parse, pooled, steady, wait_warm  # noqa: E402
 
 from workqueue.config import Settings  # noqa: E402
-from workqueue.connection import connect  # noqa: E402
 from workqueue.job import JobSpec  # noqa: E402
-from workqueue.queue import Queue, Retention  # noqa: E402
+from workqueue.store import Queue, Retention  # noqa: E402
 
 DEFAULTS = Settings()
 
@@ -33,9 +32,8 @@ def spec(kind: str, payload: dict, run_at: float | None = None) -> JobSpec:
 
 async def main() -> None:
     args = parse()
-    clients = connect(args.redis, 10.0)
-    queue = Queue(clients.main, Retention(DEFAULTS.result_ttl, DEFAULTS.dead_ttl, DEFAULTS.dead_max,
-                                          DEFAULTS.idempotency_ttl))
+    queue = Queue.open(args.redis, 10.0, Retention(DEFAULTS.result_ttl, DEFAULTS.dead_ttl, DEFAULTS.dead_max,
+                                                   DEFAULTS.idempotency_ttl))
     try:
         if args.command == "fill":
             await queue.ensure_queue("default")
@@ -66,7 +64,7 @@ async def main() -> None:
         else:
             raise SystemExit("workqueue's worker is `python -m workqueue --role worker`")
     finally:
-        await clients.close()
+        await queue.close()
 
 
 if __name__ == "__main__":

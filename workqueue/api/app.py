@@ -1,0 +1,86 @@
+"""Wires the roles into one aiohttp application.
+
+`create_app` checks what needs both the settings and the loaded plugins (a `[plugins.<type>]` table
+for a type nobody loaded, each plugin's own check of its table, each `[[schedule]]`'s task type and
+payload), so an app built by a test is refused exactly as the command line is. Each resource is a
+cleanup context: set up before `yield`, torn down after it, in reverse order, and only if it
+started. So on SIGTERM the worker drains first, then Redis closes, then the log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from ..config import Settings
+from ..errors import ConfigError
+from ..logs import EventLog, redact_url
+from ..metrics import Metrics
+from ..plugins import TaskType
+from ..schedule import job_specs
+from ..store import Queue, Retention
+from ..task import check_settings
+from ..worker import Worker
+from .middleware import auth_middleware, error_middleware, request_middleware
+from .routes import add_routes
+from .state import LOG, METRICS, QUEUE, SCHEDULED, SETTINGS, TASKS, WORKER
+
+
+def create_app(settings: Settings, tasks: dict[str, TaskType]) -> web.Application:
+    """The application for `settings` with the task types `tasks`; ConfigError if they disagree."""
+    unknown = sorted(set(settings.plugins) - set(tasks))
+    if unknown:
+        raise ConfigError(f"plugins.{unknown[0]}: no loaded task type is named {unknown[0]!r}")
+    for name, task in tasks.items():
+        check_settings(name, task.options, settings.plugins.get(name, {}))
+    scheduled = job_specs(settings.schedule, {name: t.options for name, t in tasks.items()},
+                          settings.default_retries, settings.default_timeout, settings.plugins)
+
+    middlewares = [request_middleware, error_middleware]
+    if settings.api_token:
+        middlewares.insert(1, auth_middleware(settings.api_token))
+    # auto_decompress off: aiohttp would refuse encodings it cannot decode with a text/plain error
+    # before any handler runs; body.read_json decodes gzip and deflate itself, within the size limit.
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes,
+                          handler_args={"auto_decompress": False})
+    app[SETTINGS] = settings
+    app[TASKS] = tasks
+    app[SCHEDULED] = scheduled
+    app[METRICS] = Metrics(tasks)
+    app.cleanup_ctx.append(event_log)
+    app.cleanup_ctx.append(store)
+    if settings.runs_worker:
+        app.cleanup_ctx.append(worker)
+    add_routes(app, settings)
+    return app
+
+
+async def event_log(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    log = EventLog(settings.log_path, settings.log_level, settings.log_events, settings.log_exclude)
+    log.start()
+    app[LOG] = log
+    for task in app[TASKS].values():
+        log.emit("plugin_loaded", type=task.name, plugin=task.plugin, source=task.source)
+    log.emit("service_started", role=settings.role, redis=redact_url(settings.redis_url),
+             host=settings.host, port=settings.port)
+    yield
+    log.emit("service_stopped", role=settings.role)
+    await log.close()
+
+
+async def store(app: web.Application) -> AsyncIterator[None]:
+    s = app[SETTINGS]
+    queue = Queue.open(s.redis_url, s.redis_timeout, Retention(s.result_ttl, s.dead_ttl, s.dead_max, s.idempotency_ttl))
+    app[QUEUE] = queue
+    yield
+    await queue.close()
+
+
+async def worker(app: web.Application) -> AsyncIterator[None]:
+    w = Worker(app[SETTINGS], app[QUEUE], app[TASKS], app[LOG], app[METRICS], app[SCHEDULED])
+    await w.start()
+    app[WORKER] = w
+    yield
+    await w.stop()

@@ -1,0 +1,370 @@
+"""The store's verbs: everything workqueue asks of Redis, for every queue, behind one boundary.
+
+`Queue` owns its connections and its scripts; each verb is wrapped by `boundary`, so a caller sees
+`StoreUnavailable` or `StoreError`, never a redis-py exception, and no caller knows a key name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+from redis.exceptions import ResponseError
+
+from ..job import Job, JobSpec, Outcome, Verdict, new_ids
+from .connection import Connections, boundary, connect, sync_boundary
+from .keys import GROUP, QUEUES_KEY, WORKERS_KEY, keys_of
+from .scripts import (
+    CancelCall,
+    Enqueued,
+    EnqueueCall,
+    Fetched,
+    FetchCall,
+    FinishCall,
+    PromoteCall,
+    RecoverCall,
+    RedriveCall,
+    Retention,
+    Scripts,
+    StatsCall,
+)
+
+TIMINGS_KEPT = 1000  # attempts per queue behind the JSON percentiles
+JOBS_PER_SCRIPT = 5000  # most jobs one enqueue script writes (more requests wait for the next)
+
+Waiting = tuple[list[JobSpec], int, "asyncio.Future[list[Enqueued]]"]  # one request: jobs, max length, answer
+
+
+class Queue:
+    """Job storage and delivery on one Redis (or the embedded store)."""
+
+    def __init__(self, connections: Connections, retention: Retention) -> None:
+        self.connections = connections
+        self.client = connections.main
+        self.retention = retention
+        self.scripts = Scripts.register(self.client, connections.embedded)
+        self.known_queues: set[str] = set()
+        # Requests waiting to be enqueued together, per queue, and the queues being flushed now.
+        self.waiting: dict[str, list[Waiting]] = {}
+        self.flushing: set[str] = set()
+
+    @classmethod
+    def open(cls, url: str, timeout: float, retention: Retention) -> Queue:
+        return cls(connect(url, timeout), retention)
+
+    async def close(self) -> None:
+        await self.connections.close()
+
+    @boundary
+    async def ping(self) -> None:
+        await self.client.ping()
+
+    @boundary
+    async def ensure_queue(self, queue: str) -> None:
+        """Create the queue's streams and consumer groups once per process (id 0: no job skipped)."""
+        if queue in self.known_queues:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for stream in keys_of(queue).streams:
+                pipe.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            pipe.sadd(QUEUES_KEY, queue)
+            for reply in await pipe.execute(raise_on_error=False):
+                if isinstance(reply, ResponseError) and "BUSYGROUP" not in str(reply):
+                    raise reply
+        self.known_queues.add(queue)
+
+    @boundary
+    async def queues(self) -> list[str]:
+        names = await self.client.smembers(QUEUES_KEY)
+        return sorted(n.decode() for n in names)
+
+    # -- producing ----------------------------------------------------------------------------
+
+    @boundary
+    async def enqueue(self, specs: Sequence[JobSpec], max_lengths: Mapping[str, int]) -> list[Enqueued]:
+        """Store and publish one request's jobs, all or nothing.
+
+        Raises ValidationError (409) when an idempotency key names different work, QueueFull when a
+        queue is at its maximum length; either way nothing is enqueued.
+        """
+        by_queue: dict[str, list[int]] = {}
+        for i, spec in enumerate(specs):
+            by_queue.setdefault(spec.queue, []).append(i)
+        if len(by_queue) == 1:
+            (queue,) = by_queue
+            return await self.join(queue, list(specs), max_lengths.get(queue, 0))
+        # One script per queue (separate cluster slots), so check every queue before writing any.
+        for dry_run in (True, False):
+            answers: dict[int, Enqueued] = {}
+            for queue, indexes in by_queue.items():
+                (done,) = await self.run_enqueue(queue, [[specs[i] for i in indexes]], max_lengths.get(queue, 0),
+                                                 dry_run)
+                if isinstance(done, Exception):
+                    raise done
+                answers.update(zip(indexes, done))
+        return [answers[i] for i in range(len(specs))]
+
+    async def join(self, queue: str, specs: list[JobSpec], max_length: int) -> list[Enqueued]:
+        """Enqueue together with the other requests that arrive meanwhile: one script call carries
+        them all (each still all or nothing), so concurrent requests share one round trip."""
+        future: asyncio.Future[list[Enqueued]] = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(queue, []).append((specs, max_length, future))
+        if queue not in self.flushing:
+            self.flushing.add(queue)
+            asyncio.create_task(self.flush(queue), name=f"workqueue-enqueue-{queue}")
+        return await future
+
+    async def flush(self, queue: str) -> None:
+        try:
+            while self.waiting.get(queue):
+                waiting = self.waiting[queue]
+                # Bound one script's work: Redis runs nothing else while a script runs.
+                size, cut = 0, 0
+                while cut < len(waiting) and (cut == 0 or size + len(waiting[cut][0]) <= JOBS_PER_SCRIPT):
+                    size += len(waiting[cut][0])
+                    cut += 1
+                batch, self.waiting[queue] = waiting[:cut], waiting[cut:]
+                try:
+                    results = await self.enqueue_batch(queue, [specs for specs, _, _ in batch], batch[0][1])
+                except BaseException as e:  # Redis unreachable: every request of the batch hears it
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(e)
+                    if isinstance(e, asyncio.CancelledError):
+                        raise
+                    continue
+                for (_, _, future), result in zip(batch, results):
+                    if not future.done():
+                        if isinstance(result, Exception):
+                            future.set_exception(result)
+                        else:
+                            future.set_result(result)
+        finally:
+            self.flushing.discard(queue)
+
+    @boundary
+    async def enqueue_batch(self, queue: str, requests: list[list[JobSpec]],
+                            max_length: int) -> list[list[Enqueued] | Exception]:
+        return await self.run_enqueue(queue, requests, max_length)
+
+    async def run_enqueue(self, queue: str, requests: list[list[JobSpec]], max_length: int,
+                          dry_run: bool = False) -> list[list[Enqueued] | Exception]:
+        """One enqueue script call for several requests; per request its jobs, or the error refusing it."""
+        await self.ensure_queue(queue)
+        call = EnqueueCall(keys_of(queue), [list(zip(new_ids(len(specs)), specs)) for specs in requests],
+                           max_length, dry_run)
+        return await self.scripts.enqueue(call)
+
+    # -- consuming ----------------------------------------------------------------------------
+
+    @boundary
+    async def fetch(self, queue: str, consumer: str, count: int, lowest_first: bool = False) -> Fetched:
+        """Deliver up to `count` waiting jobs, highest priority first (lowest first when asked, so
+        low priorities are never starved for good); poison jobs are made dead instead."""
+        call = FetchCall(keys_of(queue), consumer, count, self.retention, lowest_first)
+        try:
+            return await self.scripts.fetch(call)
+        except ResponseError as e:
+            if "NOGROUP" not in str(e):
+                raise
+        # Redis lost its data (restarted without persistence): recreate streams and groups.
+        self.known_queues.clear()
+        await self.ensure_queue(queue)
+        return await self.scripts.fetch(call)
+
+    @boundary
+    async def wait(self, queue: str, cursors: list[str], block_ms: int) -> None:
+        """Block until an entry newer than the cursors (highest level first, as `fetch` gives them)
+        appears on one of the queue's streams.
+
+        A plain XREAD only watches, it delivers nothing, so cancelling it can never strand a job.
+        """
+        streams = keys_of(queue).streams[::-1]
+        await self.connections.blocking.xread(dict(zip(streams, cursors)), count=1, block=block_ms)
+
+    @boundary
+    async def finish(self, outcomes: Sequence[Outcome]) -> list[Verdict]:
+        """Record outcomes and ack their deliveries, one script call per queue."""
+        verdicts: dict[int, Verdict] = {}
+        by_queue: dict[str, list[int]] = {}
+        for i, outcome in enumerate(outcomes):
+            by_queue.setdefault(outcome.job.queue, []).append(i)
+        for queue, indexes in by_queue.items():
+            call = FinishCall(keys_of(queue), [outcomes[i] for i in indexes], self.retention, TIMINGS_KEPT)
+            verdicts.update(zip(indexes, await self.scripts.finish(call)))
+        return [verdicts[i] for i in range(len(outcomes))]
+
+    @boundary
+    async def promote(self, queue: str, limit: int = 1000) -> tuple[int, float | None]:
+        """Move due delayed jobs and retries onto their streams.
+
+        Returns (moved, epoch seconds of the next scheduled job or None)."""
+        return await self.scripts.promote(PromoteCall(keys_of(queue), time.time(), limit))
+
+    # -- leases -------------------------------------------------------------------------------
+
+    @sync_boundary
+    def renew_lease(self, queues: Iterable[str], consumer: str, lease: float, about: dict[str, Any]) -> None:
+        """Renew a worker's lease on every queue it serves and publish what it is doing. Synchronous:
+        the worker's heartbeat thread calls it, so a blocked event loop cannot let the lease lapse."""
+        pipe = self.connections.threaded.pipeline(transaction=False)
+        for queue in queues:
+            pipe.set(keys_of(queue).worker(consumer), "1", px=int(lease * 1000))
+        pipe.hset(WORKERS_KEY, consumer, orjson.dumps({**about, "last_heartbeat": time.time(), "lease": lease}))
+        pipe.execute()
+
+    @boundary
+    async def forget_worker(self, queues: Iterable[str], consumer: str) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.delete(*(keys_of(q).worker(consumer) for q in queues))
+            pipe.hdel(WORKERS_KEY, consumer)
+            await pipe.execute()
+
+    @boundary
+    async def workers(self) -> list[dict[str, Any]]:
+        """Live workers from their heartbeats; entries of workers gone for a lease are removed."""
+        now = time.time()
+        live, gone = [], []
+        for name, raw in (await self.client.hgetall(WORKERS_KEY)).items():
+            about = orjson.loads(raw)
+            if now - about["last_heartbeat"] > about["lease"]:
+                gone.append(name)
+            else:
+                live.append({"name": name.decode(), **about})
+        if gone:
+            await self.client.hdel(WORKERS_KEY, *gone)
+        return sorted(live, key=lambda w: str(w["name"]))
+
+    @boundary
+    async def recover(self, queue: str, me: str, release: bool = False, limit: int = 1000) -> tuple[int, list[str]]:
+        """Requeue unfinished deliveries: of every worker whose heartbeat expired (the reaper), or,
+        with release, this worker's own (graceful shutdown). Returns (moved, reaped worker names)."""
+        return await self.scripts.recover(RecoverCall(keys_of(queue), me, release, limit))
+
+    # -- control ------------------------------------------------------------------------------
+
+    @boundary
+    async def locate(self, job_id: str) -> str | None:
+        """The queue holding the job, or None."""
+        queues = await self.queues()
+        async with self.client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.exists(keys_of(queue).job(job_id))
+            found = await pipe.execute()
+        return next((q for q, n in zip(queues, found) if n), None)
+
+    @boundary
+    async def get_job(self, job_id: str) -> dict[str, str] | None:
+        """The job record, decoded; None if unknown (or expired)."""
+        queue = await self.locate(job_id)
+        if queue is None:
+            return None
+        raw = await self.client.hgetall(keys_of(queue).job(job_id))
+        return {k.decode(): v.decode() for k, v in raw.items()} or None
+
+    @boundary
+    async def cancel(self, job_id: str) -> tuple[str, str] | None:
+        """Cancel a job. Returns (previous status, status now), or None for an unknown job."""
+        queue = await self.locate(job_id)
+        if queue is None:
+            return None
+        return await self.scripts.cancel(CancelCall(keys_of(queue), job_id, self.retention))
+
+    @boundary
+    async def cancel_counters(self, queues: Sequence[str]) -> list[int]:
+        """How many running jobs have been cancelled on each queue, ever: a cheap thing to watch."""
+        # One GET per queue: the counters live in different cluster slots.
+        values = [await self.client.get(keys_of(q).cancels) for q in queues]
+        return [int(v or 0) for v in values]
+
+    @boundary
+    async def statuses(self, jobs: Iterable[Job]) -> list[str | None]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                pipe.hget(keys_of(job.queue).job(job.id), "status")
+            return [s.decode() if s else None for s in await pipe.execute()]
+
+    @boundary
+    async def last_tick(self, queue: str, schedule: str) -> float | None:
+        value = await self.client.get(keys_of(queue).schedule(schedule))
+        return float(value) if value is not None else None
+
+    @boundary
+    async def set_last_tick(self, queue: str, schedule: str, tick: float) -> None:
+        await self.client.set(keys_of(queue).schedule(schedule), repr(tick))
+
+    # -- dead letters -------------------------------------------------------------------------
+
+    @boundary
+    async def dead(self, queue: str | None, task_type: str | None, limit: int,
+                   before: float | None) -> list[dict[str, str]]:
+        """Dead job records, most recent death first, that died before `before` (a cursor)."""
+        queues = [queue] if queue else await self.queues()
+        found: list[tuple[float, str, str]] = []
+        top = f"({before}" if before is not None else "+inf"
+        for q in queues:
+            # Type filtering happens on the records, so read more than `limit` ids per step.
+            offset = 0
+            while True:
+                page = await self.client.zrevrangebyscore(keys_of(q).dead, top, "-inf", start=offset, num=limit * 4,
+                                                          withscores=True)
+                offset += len(page)
+                if task_type is None:
+                    found += [(score, q, member.decode()) for member, score in page]
+                else:
+                    kinds = await self.types(q, [m.decode() for m, _ in page])
+                    found += [(s, q, m.decode()) for (m, s), t in zip(page, kinds) if t == task_type]
+                if len(page) < limit * 4 or sum(1 for f in found if f[1] == q) >= limit:
+                    break
+        found.sort(reverse=True)
+        records = []
+        for score, q, job_id in found[:limit]:
+            raw = await self.client.hgetall(keys_of(q).job(job_id))
+            if raw:
+                record = {k.decode(): v.decode() for k, v in raw.items()}
+                record["died_at"] = repr(score)
+                records.append(record)
+        return records
+
+    async def types(self, queue: str, ids: list[str]) -> list[str | None]:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(keys_of(queue).job(job_id), "type")
+            return [t.decode() if t else None for t in await pipe.execute()]
+
+    @boundary
+    async def redrive(self, queue: str, ids: Sequence[str]) -> list[str]:
+        """Send dead jobs back to their queue with a fresh set of attempts. Returns the ids moved."""
+        if not ids:
+            return []
+        return await self.scripts.redrive(RedriveCall(keys_of(queue), ids))
+
+    @boundary
+    async def drop_dead(self, queue: str, job_id: str) -> bool:
+        """Delete a dead job; any other job is left alone. Whoever removes the id from the dead set
+        owns the record: a concurrent re-drive cannot have it."""
+        keys = keys_of(queue)
+        if not await self.client.zrem(keys.dead, job_id):
+            return False
+        await self.client.delete(keys.job(job_id))
+        return True
+
+    # -- numbers ------------------------------------------------------------------------------
+
+    @boundary
+    async def stats(self) -> dict[str, dict[str, Any]]:
+        """Per queue: waiting, active, scheduled and dead counts plus the cumulative counters."""
+        return {queue: await self.scripts.stats(StatsCall(keys_of(queue), self.retention.dead_ttl))
+                for queue in await self.queues()}
+
+    @boundary
+    async def timings(self, queue: str) -> list[tuple[str, float, float]]:
+        """(type, wait ms, run ms) of the queue's most recent attempts."""
+        rows = []
+        for raw in await self.client.lrange(keys_of(queue).timings, 0, -1):
+            task_type, wait, run = raw.decode().rsplit(" ", 2)
+            rows.append((task_type, float(wait), float(run)))
+        return rows

@@ -1,0 +1,92 @@
+"""Recording outcomes: finished attempts are queued here and written in batches (one script call
+per queue), kept and retried while Redis is away so that none is lost, and logged once the store
+has given its verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..errors import StoreError
+from ..job import Outcome, Status, Verdict
+from ..logs import EventLog
+from ..store import Queue
+from .lifecycle import Lifecycle
+
+Finished = tuple[Outcome, float, float]  # the outcome, with its start and finish times
+
+
+class Recorder:
+    def __init__(self, queue: Queue, log: EventLog, lifecycle: Lifecycle) -> None:
+        self.queue = queue
+        self.log = log
+        self.lifecycle = lifecycle
+        self.outcomes: list[Finished] = []
+        self.added = asyncio.Event()
+        self.recording = asyncio.Lock()
+        self.closed = False
+
+    def add(self, outcome: Outcome, started: float, finished: float) -> None:
+        self.outcomes.append((outcome, started, finished))
+        self.added.set()
+
+    async def run(self) -> None:
+        """Record as outcomes come, until closed and nothing is left."""
+        while True:
+            await self.added.wait()
+            await self.flush()
+            if self.closed and not self.outcomes:
+                return
+
+    def close(self) -> None:
+        """`run` records what is left, then returns."""
+        self.closed = True
+        self.added.set()
+
+    async def flush(self) -> None:
+        """Record every finished attempt; on a Redis outage keep them and try again, so none is lost.
+        One caller at a time: whoever returns from here knows no outcome is still on its way."""
+        async with self.recording:
+            while self.outcomes:
+                self.added.clear()
+                batch, self.outcomes = self.outcomes, []
+                try:
+                    verdicts = await self.queue.finish([o for o, _, _ in batch])
+                except StoreError as e:
+                    self.outcomes = batch + self.outcomes
+                    await self.lifecycle.pause_after(e)
+                    continue
+                for (outcome, started, finished), verdict in zip(batch, verdicts):
+                    self.log_outcome(outcome, started, finished, verdict)
+
+    def log_outcome(self, outcome: Outcome, started: float, finished: float, verdict: Verdict) -> None:
+        if verdict is Verdict.REFUSED:
+            event, level = "stale_outcome_refused", "warning"
+        elif verdict is Verdict.CANCELLED or outcome.status is Status.CANCELLED:
+            event, level = "cancelled", "info"
+        else:
+            event, level = EVENTS[outcome.status]
+        if not self.log.enabled(event, level):
+            return
+        job = outcome.job
+        fields: dict[str, Any] = {"job_id": job.id, "type": job.type, "queue": job.queue, "attempt": job.attempts,
+                                  "wait_ms": round(max(0.0, started - job.due_at) * 1000, 1),
+                                  "duration_ms": round((finished - started) * 1000, 1)}
+        if event == "stale_outcome_refused":
+            fields["error"] = "the job was recovered by another worker while this one held it"
+        elif event == "retrying":
+            fields["error"] = outcome.data
+            fields["retry_in_ms"] = round((outcome.retry_at - finished) * 1000)
+        elif event == "dead":
+            fields["error"] = outcome.data
+        self.log.emit(event, level, **fields)
+
+
+# The log event (and its level) of each recorded outcome.
+EVENTS = {
+    Status.SUCCEEDED: ("succeeded", "info"),
+    Status.RETRYING: ("retrying", "warning"),
+    Status.DEAD: ("dead", "error"),
+    Status.CANCELLED: ("cancelled", "info"),
+}
