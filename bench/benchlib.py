@@ -19,7 +19,8 @@ import json
 import os
 import threading
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -125,7 +126,8 @@ async def pooled(n: int, workers: int, one: Callable[[int], Awaitable[Any]]) -> 
     return time.perf_counter() - t0
 
 
-async def steady(n: int, rate: float, delay: float, one: Callable[[int, float, float], Awaitable[Any]]) -> dict[str, Any]:
+async def steady(n: int, rate: float, delay: float,
+                 one: Callable[[int, float, float], Awaitable[Any]]) -> dict[str, Any]:
     """Enqueue n jobs at a steady rate, each as its own task so a slow enqueue never delays the
     next one. one(i, due, delay): due is the client's clock before the call, plus the delay."""
     tasks = []
@@ -162,7 +164,7 @@ async def wait_warm(path: str, send: Callable[[], Awaitable[Any]], timeout: floa
         await asyncio.sleep(0.01)
 
 
-async def cancel(task: "asyncio.Task[Any]") -> None:
+async def cancel(task: asyncio.Task[Any]) -> None:
     """Cancel a task until it is done: redis-py on Python 3.11 can swallow a cancellation that lands
     inside its connection check, so one cancel() is not always enough."""
     while not task.done():

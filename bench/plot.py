@@ -12,8 +12,8 @@ import sys
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
+import matplotlib.pyplot as plt
+import matplotlib.ticker
 
 ENQUEUE_LABELS = {
     "inprocess_batch": "workqueue Queue.enqueue, batches of 500",
@@ -46,7 +46,8 @@ def bars(ax, rows, title, colors):
 
 def main() -> None:
     src, dst = sys.argv[1], sys.argv[2]
-    data = json.load(open(src))
+    with open(src) as f:
+        data = json.load(f)
     labels = data["labels"]
     drain = data["summary"].get("drain", {})
     drain_rows = [(labels[k], drain[k]["rate"]) for k in labels if k in drain]
@@ -57,7 +58,8 @@ def main() -> None:
     wq, peer, ceil = "#2b6cb0", "#a0aec0", "#ed8936"
     fig, axes = plt.subplots(1, 2, figsize=(15, 6.2), gridspec_kw={"width_ratios": [1, 1.15]})
     n = data["config"]["jobs"]
-    bars(axes[0], drain_rows, f"Drain: {n:,} queued no-op jobs, 1 worker process, {data['config']['concurrency']} slots",
+    slots = data["config"]["concurrency"]
+    bars(axes[0], drain_rows, f"Drain: {n:,} queued no-op jobs, 1 worker process, {slots} slots",
          [wq if name.startswith("workqueue") else peer for name, _ in drain_rows])
     if enq_rows:
         bars(axes[1], enq_rows, "Enqueue: each system's fastest client path",

@@ -22,8 +22,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.run import (  # noqa: E402
-    BENCH, SYSTEMS, WORK, Bench, BenchError, Config, run_json, setup_envs, stop, stop_all,
+from bench.run import (
+    BENCH,
+    SYSTEMS,
+    WORK,
+    Bench,
+    BenchError,
+    Config,
+    run_json,
+    setup_envs,
+    stop,
+    stop_all,
 )
 
 PREFIXES = ("/site-packages/", "/lib/python3.11/")
@@ -86,7 +95,7 @@ def main() -> int:
                         "fill", 600, directory / "fill.log")
         print(f"queued {args.jobs:,} jobs at {args.jobs / fill['seconds']:,.0f}/s", file=sys.stderr)
         out = directory / "drain.json"
-        proc, logfile = bench.start_worker(wq, "profile", args.jobs, out, None)
+        proc, _ = bench.start_worker(wq, "profile", args.jobs, out, None)
         raw = directory / "worker.raw"
         spy = subprocess.run([str(py_spy), "record", "--pid", str(proc.pid), "-r", str(args.rate), "-d",
                               f"{args.seconds:g}", "--format", "raw", "-o", str(raw)],

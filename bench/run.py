@@ -365,7 +365,7 @@ class Bench:
                 break
             except OSError:
                 if self.redis_proc.poll() is not None or time.monotonic() > deadline:
-                    raise BenchError(f"redis-server did not start:\n{tail(directory / 'redis.log')}")
+                    raise BenchError(f"redis-server did not start:\n{tail(directory / 'redis.log')}") from None
                 time.sleep(0.05)
         log(f"redis-server on 127.0.0.1:{self.port} (ours, in {directory})")
 
@@ -621,7 +621,8 @@ class Bench:
 
     # -- the whole run ---------------------------------------------------------------------------------
     def run(self) -> None:
-        for self.round in range(1, self.cfg.rounds + 1):
+        for number in range(1, self.cfg.rounds + 1):
+            self.round = number
             log(f"round {self.round} of {self.cfg.rounds}")
             shift = (self.round - 1) % len(self.systems)
             order = self.systems[shift:] + self.systems[:shift]
@@ -962,7 +963,7 @@ def write_report(path: Path, agg: dict[str, Any], cfg: Config, envs: dict[str, E
 
 def flatten_calls(results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
     """Per-command Redis call counts per job become numeric metrics, so they aggregate like the rest."""
-    for key, runs in results.get("drain", {}).items():
+    for runs in results.get("drain", {}).values():
         for run in runs:
             n = run["rate"] * run["seconds"]
             for c, calls in run.get("redis_calls", {}).items():
@@ -1005,9 +1006,6 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds = 1 if args.rounds == 3 else args.rounds
         args.jobs = 2000 if args.jobs == 20000 else args.jobs
         args.latency_jobs, args.delayed_jobs, args.http_jobs, args.wrk_seconds = 250, 100, 2000, 1.0
-    if sys.version_info < (3, 11):
-        print("python -m bench needs Python 3.11 or newer", file=sys.stderr)
-        return 2
     keys = [k.strip() for k in args.systems.split(",") if k.strip()]
     unknown = [k for k in keys if k not in {s.key for s in SYSTEMS}]
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]

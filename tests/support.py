@@ -12,7 +12,6 @@ import orjson
 from tests.conftest import FIXTURE_PLUGINS, Service, async_wait_for
 from workqueue.store.keys import keys_of
 
-
 # -- Redis keys, for tests that look at what the store left behind ------------------------------
 
 

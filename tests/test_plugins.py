@@ -107,7 +107,7 @@ def test_missing_plugin_dir_is_ignored(tmp_path: Path) -> None:
 def test_plugin_dir_that_is_a_file_is_an_error(tmp_path: Path) -> None:
     not_a_dir = tmp_path / "plugins.txt"
     not_a_dir.write_text("")
-    with pytest.raises(PluginError, match="plugins.txt is not a directory"):
+    with pytest.raises(PluginError, match=r"plugins\.txt is not a directory"):
         load_plugins([not_a_dir], search_path=[])
 
 

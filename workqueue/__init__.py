@@ -2,7 +2,15 @@
 
 from .api import create_app
 from .config import Settings
-from .errors import ConfigError, PermanentError, PluginError, QueueFull, StoreUnavailable, ValidationError, WorkqueueError
+from .errors import (
+    ConfigError,
+    PermanentError,
+    PluginError,
+    QueueFull,
+    StoreUnavailable,
+    ValidationError,
+    WorkqueueError,
+)
 from .job import JobContext, Status
 from .task import task
 

@@ -22,7 +22,8 @@ LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
 class EventLog:
-    def __init__(self, path: str, level: str = "info", only: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> None:
+    def __init__(self, path: str, level: str = "info", only: tuple[str, ...] = (),
+                 exclude: tuple[str, ...] = ()) -> None:
         self.path = path
         self.threshold = LEVELS[level]
         self.only = frozenset(only)

@@ -87,7 +87,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.cluster = ClusterCollector()
         self.cluster.known_types = frozenset(known_types)
-        self.registry.register(self.cluster)  # type: ignore[arg-type]
+        self.registry.register(self.cluster)
         self.job_wait = Histogram("workqueue_job_wait_seconds", "From due (enqueued or run_at) to start, this process",
                                   ["queue", "type"], buckets=JOB_BUCKETS, registry=self.registry)
         self.job_run = Histogram("workqueue_job_run_seconds", "From start to finish of an attempt, this process",
@@ -132,7 +132,7 @@ class Metrics:
         self.cluster.snapshot = snapshot
         self.flush_jobs()
         if openmetrics:
-            return generate_openmetrics(self.registry), OPENMETRICS_TYPE
+            return generate_openmetrics(self.registry), OPENMETRICS_TYPE  # type: ignore[no-untyped-call]
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 

@@ -132,7 +132,7 @@ def _find_dropped_in(dist_dir: Path) -> list[FoundTask]:
         raise PluginError(f"cannot read plugin metadata {pyproject}: {e}") from e
     project = data.get("project")
     groups = project.get("entry-points") if isinstance(project, dict) else None
-    if not isinstance(groups, dict) or ENTRY_POINT_GROUP not in groups:
+    if not isinstance(project, dict) or not isinstance(groups, dict) or ENTRY_POINT_GROUP not in groups:
         return []  # a Python project, but not a workqueue plugin
     entry_points = groups[ENTRY_POINT_GROUP]
     name = project.get("name")

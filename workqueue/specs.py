@@ -187,7 +187,7 @@ def parse_specs(
         if not body:
             raise ValidationError("body: expected a job object or a non-empty array of them", 422)
         if header_key is not None:
-            raise ValidationError("Idempotency-Key: applies to a single job; give each job of an array its own key", 422)
+            raise ValidationError("Idempotency-Key: applies to a single job; give each job of an array its own key")
         return [one(item, f"[{i}].") for i, item in enumerate(body)]
     spec = one(body, "")
     if header_key is not None:
@@ -230,23 +230,23 @@ def parse_spec(
     options = known_types[kind]
     check_payload(options, body, f"{where}payload", plugin_settings.get(kind))
 
-    def value(name: str, default: Any) -> Any:
+    def given(name: str, default: Any) -> Any:
         return checked(REQUEST_FIELDS[name], fields[name], where + name) if name in fields else default
 
     when = None
     if "delay" in fields and "run_at" in fields:
         raise ValidationError(f"{where}delay: give either delay or run_at, not both")
     if "delay" in fields:
-        when = time.time() + value("delay", 0.0)
+        when = time.time() + given("delay", 0.0)
     elif "run_at" in fields:
-        when = value("run_at", None)
+        when = given("run_at", None)
     return JobSpec(
         type=kind,
         payload=body,
-        retries=value("retries", default_retries if options.retries is None else options.retries),
-        queue=value("queue", "default"),
-        timeout=value("timeout", default_timeout if options.timeout is None else options.timeout),
-        priority=value("priority", 0),
+        retries=given("retries", default_retries if options.retries is None else options.retries),
+        queue=given("queue", "default"),
+        timeout=given("timeout", default_timeout if options.timeout is None else options.timeout),
+        priority=given("priority", 0),
         run_at=when,
-        key=value("key", None),
+        key=given("key", None),
     )

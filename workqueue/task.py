@@ -10,18 +10,17 @@
 The schema is JSON Schema (draft 7), compiled once by fastjsonschema: checking a payload costs
 about a microsecond, so it can sit on the enqueue path. The producer checks it at enqueue (422
 naming the field) and the worker checks it again before running (`specs.check_payload`), since a
-job may have been enqueued by an older producer. `validate`, if given, is a function for checks JSON Schema cannot express (an
-email address that parses, a path inside a directory); it raises ValueError with a message that
-starts with the field name, e.g. "to: 'x@' is not an email address".
+job may have been enqueued by an older producer. `validate`, if given, is a function for checks JSON
+Schema cannot express (an email address that parses, a path inside a directory); it raises
+ValueError with a message that starts with the field name, e.g. "to: 'x@' is not an email address".
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
-
-import inspect
 
 import fastjsonschema
 

@@ -10,11 +10,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import RECORDER, SLEEP_S, cancel, emit, parse, pooled, steady, wait_warm  # noqa: E402
-
-from arq import create_pool  # noqa: E402
-from arq.connections import RedisSettings  # noqa: E402
-from arq.worker import Worker  # noqa: E402
+from arq import create_pool
+from arq.connections import RedisSettings
+from arq.worker import Worker
+from benchlib import RECORDER, SLEEP_S, cancel, emit, parse, pooled, steady, wait_warm
 
 _start, _end = RECORDER.start, RECORDER.end
 

@@ -17,10 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import RECORDER, SLEEP_S, call_summary, emit, parse  # noqa: E402
-
-import dramatiq  # noqa: E402
-from dramatiq.brokers.redis import RedisBroker  # noqa: E402
+import dramatiq
+from benchlib import RECORDER, SLEEP_S, call_summary, emit, parse
+from dramatiq.brokers.redis import RedisBroker
 
 args = parse()
 broker = RedisBroker(url=args.redis)

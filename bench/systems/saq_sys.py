@@ -10,9 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import RECORDER, SLEEP_S, emit, parse, pooled, steady, wait_warm  # noqa: E402
-
-from saq import Job, Queue, Worker  # noqa: E402
+from benchlib import RECORDER, SLEEP_S, emit, parse, pooled, steady, wait_warm
+from saq import Job, Queue, Worker
 
 _start, _end, _seen = RECORDER.start, RECORDER.end, RECORDER.ids.add
 

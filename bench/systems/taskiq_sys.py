@@ -16,10 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import RECORDER, SLEEP_S, cancel, emit, parse, pooled, steady, wait_warm  # noqa: E402
-
-from taskiq.api import run_receiver_task  # noqa: E402
-from taskiq_redis import RedisStreamBroker  # noqa: E402
+from benchlib import RECORDER, SLEEP_S, cancel, emit, parse, pooled, steady, wait_warm
+from taskiq.api import run_receiver_task
+from taskiq_redis import RedisStreamBroker
 
 STREAM, GROUP = "taskiq", "taskiq"
 args = parse()

@@ -16,11 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import emit, parse, pooled, steady, wait_warm  # noqa: E402
+from benchlib import emit, parse, pooled, steady, wait_warm
 
-from workqueue.config import Settings  # noqa: E402
-from workqueue.job import JobSpec  # noqa: E402
-from workqueue.store import Queue, Retention  # noqa: E402
+from workqueue.config import Settings
+from workqueue.job import JobSpec
+from workqueue.store import Queue, Retention
 
 DEFAULTS = Settings()
 

@@ -18,8 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import RedisServer, Service, async_wait_for, inline_task, read_log, wait_for
-from tests.support import get_job, http, job_key, metrics, wait_status, write_config
+from tests.conftest import RedisServer, Service, async_wait_for, inline_task, read_log
+from tests.support import get_job, job_key, metrics, wait_status
 
 # -- helpers -------------------------------------------------------------------------------------
 
@@ -658,52 +658,6 @@ async def test_cancelling_an_ended_job_is_409_and_an_unknown_id_is_404(
 
 def logged(service: Service, event: str) -> set[str]:
     return {e["job_id"] for e in read_log(service.log_path) if e["event"] == event and "job_id" in e}
-
-
-def test_cancel_stops_running_jobs_on_both_of_two_worker_processes(
-    services: Any, redis_url: str, tmp_path: Path
-) -> None:
-    config = write_config(tmp_path / "cfg", redis_url, lease=1.0, concurrency=2)
-    first = services("first", "--role", "both", "--config", str(config)).wait_ready()
-    second = services("second", "--role", "worker", "--config", str(config)).wait_ready()
-    ledger = tmp_path / "ledger.txt"
-    jobs = [{"type": "sleep", "payload": {"seconds": 30, "ledger": str(ledger)}} for _ in range(4)]
-    status, answer = http("POST", f"{first.url}/enqueue", jobs)
-    assert status == 202, answer
-    ids = {a["id"] for a in answer}
-    # Two slots each: both processes hold two of the four jobs.
-    wait_for(lambda: len(logged(first, "started")) == 2 and len(logged(second, "started")) == 2, 10,
-             "each process to start two jobs")
-    held = {first: logged(first, "started"), second: logged(second, "started")}
-    assert held[first] | held[second] == ids
-
-    # Each process's jobs are cancelled through the *other* process's HTTP API, both ways.
-    cancelled_at = time.monotonic()
-    for holder, via in ((first, second), (second, first)):
-        for job_id in held[holder]:
-            status, answer = http("POST", f"{via.url}/jobs/{job_id}/cancel")
-            assert status == 200, answer
-            assert (answer["previous_status"], answer["status"]) == ("active", "cancelled")
-
-    for holder in (first, second):
-        wait_for(lambda: logged(holder, "cancelled") == held[holder], 5,
-                 f"the process holding {sorted(held[holder])} to stop them")
-    assert time.monotonic() - cancelled_at < 5
-    wait_for(lambda: http("GET", f"{first.url}/metrics")[1]["jobs_cancelled"] == 4, 5, "4 cancellations counted")
-    for service in (first, second):
-        m = http("GET", f"{service.url}/metrics")[1]
-        assert (m["jobs_cancelled"], m["jobs_active"], m["jobs_done"], m["jobs_failed"]) == (4, 0, 0, 0)
-    for job_id in ids:
-        status, job = http("GET", f"{second.url}/jobs/{job_id}")
-        assert (status, job["status"], job["result"]) == (200, "cancelled", None)
-    assert not ledger.exists() or ledger.read_text() == "", "a cancelled handler ran to its end"
-
-    # The freed slots take new work on both processes.
-    quick = [{"type": "record", "payload": {"ledger": str(ledger)}} for _ in range(4)]
-    status, answer = http("POST", f"{first.url}/enqueue", quick)
-    assert status == 202
-    wait_for(lambda: http("GET", f"{first.url}/metrics")[1]["jobs_done"] == 4, 10, "the next four jobs to run")
-    assert {line.split()[0] for line in ledger.read_text().splitlines()} == {a["id"] for a in answer}
 
 
 # -- 6. dead-letter store ------------------------------------------------------------------------

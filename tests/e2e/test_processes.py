@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import shutil
-from datetime import datetime
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,7 @@ def test_a_live_workers_long_job_is_never_taken_from_it(services: Any, redis_url
     ledger = tmp_path / "ledger.txt"
     # Eight leases long, as a plain function in a thread and as a coroutine.
     jobs = [{"type": t, "payload": {"seconds": 4.0, "ledger": str(ledger)}} for t in ("sleep", "block")]
-    status, answer = http("POST", f"{holder.url}/enqueue", jobs)
+    status, _ = http("POST", f"{holder.url}/enqueue", jobs)
     assert status == 202
     wait_for(lambda: len(ledger_runs(ledger)) == 2, 20, "both long jobs to finish")
     runs = ledger_runs(ledger)
@@ -140,3 +140,53 @@ def test_shutdown_signal_finishes_short_jobs_hands_back_long_ones_and_exits_0(
     assert stopped["released"] == 2, events
     # The handed-back jobs start on the other worker at once, not after a lease.
     wait_for(lambda: set(ids[5:]) <= started_jobs(staying), 1.5, "the long jobs to restart elsewhere")
+
+
+def logged(service: Service, event: str) -> set[str]:
+    return {e["job_id"] for e in read_log(service.log_path) if e["event"] == event and "job_id" in e}
+
+
+def test_cancel_stops_running_jobs_on_both_of_two_worker_processes(
+    services: Any, redis_url: str, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "cfg", redis_url, lease=1.0, concurrency=2)
+    first = services("first", "--role", "both", "--config", str(config)).wait_ready()
+    second = services("second", "--role", "worker", "--config", str(config)).wait_ready()
+    ledger = tmp_path / "ledger.txt"
+    jobs = [{"type": "sleep", "payload": {"seconds": 30, "ledger": str(ledger)}} for _ in range(4)]
+    status, answer = http("POST", f"{first.url}/enqueue", jobs)
+    assert status == 202, answer
+    ids = {a["id"] for a in answer}
+    # Two slots each: both processes hold two of the four jobs.
+    wait_for(lambda: len(logged(first, "started")) == 2 and len(logged(second, "started")) == 2, 10,
+             "each process to start two jobs")
+    held = {first: logged(first, "started"), second: logged(second, "started")}
+    assert held[first] | held[second] == ids
+
+    # Each process's jobs are cancelled through the *other* process's HTTP API, both ways.
+    cancelled_at = time.monotonic()
+    for holder, via in ((first, second), (second, first)):
+        for job_id in held[holder]:
+            status, answer = http("POST", f"{via.url}/jobs/{job_id}/cancel")
+            assert status == 200, answer
+            assert (answer["previous_status"], answer["status"]) == ("active", "cancelled")
+
+    for holder in (first, second):
+        wait_for(lambda holder=holder: logged(holder, "cancelled") == held[holder], 5,
+                 f"the process holding {sorted(held[holder])} to stop them")
+    assert time.monotonic() - cancelled_at < 5
+    wait_for(lambda: http("GET", f"{first.url}/metrics")[1]["jobs_cancelled"] == 4, 5, "4 cancellations counted")
+    for service in (first, second):
+        m = http("GET", f"{service.url}/metrics")[1]
+        assert (m["jobs_cancelled"], m["jobs_active"], m["jobs_done"], m["jobs_failed"]) == (4, 0, 0, 0)
+    for job_id in ids:
+        status, job = http("GET", f"{second.url}/jobs/{job_id}")
+        assert (status, job["status"], job["result"]) == (200, "cancelled", None)
+    assert not ledger.exists() or ledger.read_text() == "", "a cancelled handler ran to its end"
+
+    # The freed slots take new work on both processes.
+    quick = [{"type": "record", "payload": {"ledger": str(ledger)}} for _ in range(4)]
+    status, answer = http("POST", f"{first.url}/enqueue", quick)
+    assert status == 202
+    wait_for(lambda: http("GET", f"{first.url}/metrics")[1]["jobs_done"] == 4, 10, "the next four jobs to run")
+    assert {line.split()[0] for line in ledger.read_text().splitlines()} == {a["id"] for a in answer}

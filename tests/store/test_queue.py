@@ -330,7 +330,9 @@ async def test_wait_with_cursors_of_a_lowest_first_fetch_blocks_too(queue: Queue
 # -- finish -----------------------------------------------------------------------------------
 
 
-async def test_finish_succeeded_records_the_result_and_sets_the_result_ttl(queue: Queue, client: aioredis.Redis) -> None:
+async def test_finish_succeeded_records_the_result_and_sets_the_result_ttl(
+    queue: Queue, client: aioredis.Redis
+) -> None:
     (job_id,) = await enqueue_ids(queue, spec(priority=2))
     (job,) = await fetch_all(queue)
 
@@ -436,7 +438,9 @@ async def test_finish_records_a_batch_of_outcomes_in_one_call(queue: Queue, clie
     assert await lengths(client) == [0] * LEVELS
 
 
-async def test_finish_refuses_a_stale_outcome_after_release_requeued_the_job(queue: Queue, client: aioredis.Redis) -> None:
+async def test_finish_refuses_a_stale_outcome_after_release_requeued_the_job(
+    queue: Queue, client: aioredis.Redis
+) -> None:
     (job_id,) = await enqueue_ids(queue, spec(priority=1))
     (old,) = await fetch_all(queue, "a")
     assert await queue.recover(Q, "a", release=True) == (1, [])
@@ -451,7 +455,8 @@ async def test_finish_refuses_a_stale_outcome_after_release_requeued_the_job(que
     assert counters(await queue.stats()) == counters(before)
     # Still there to be run, from the top level: a new fetch delivers it as attempt 2.
     (again,) = await fetch_all(queue, "b")
-    assert (again.id, again.attempts, again.level, again.priority) == (job_id, 1, 9, 1)  # a handed-back attempt does not count
+    # A handed-back attempt does not count.
+    assert (again.id, again.attempts, again.level, again.priority) == (job_id, 1, 9, 1)
     assert (again.level, again.delivery) != (old.level, old.delivery)
     assert await queue.finish([Outcome(old, "dead", "E: stale")]) == [0]  # nor when another worker holds it
     assert await status(client, job_id) == "active"
@@ -598,7 +603,9 @@ async def test_recover_skips_deliveries_whose_job_already_finished(queue: Queue,
     assert await stream_jobs(client, 9) == [running]
 
 
-async def test_recover_drops_the_delivery_of_a_cancelled_job_and_counts_it(queue: Queue, client: aioredis.Redis) -> None:
+async def test_recover_drops_the_delivery_of_a_cancelled_job_and_counts_it(
+    queue: Queue, client: aioredis.Redis
+) -> None:
     (job_id,) = await enqueue_ids(queue, spec())
     await fetch_all(queue, "a")
     assert await queue.cancel(job_id) == ("active", "cancelled")
@@ -696,7 +703,9 @@ async def test_same_key_in_one_batch_creates_one_job(queue: Queue, client: aiore
     assert (await queue.stats())[Q]["enqueued"] == 2
 
 
-async def test_same_key_with_a_different_payload_is_a_409_and_writes_nothing(queue: Queue, client: aioredis.Redis) -> None:
+async def test_same_key_with_a_different_payload_is_a_409_and_writes_nothing(
+    queue: Queue, client: aioredis.Redis
+) -> None:
     (first,) = await queue.enqueue([spec(1, key="order-1")], {})
     before_keys = sorted(await client.keys("*"))
     before_stats = await queue.stats()
@@ -999,6 +1008,43 @@ async def test_dead_pages_lose_no_job_when_a_batch_died_at_once(queue: Queue) ->
     assert sorted(seen) == sorted(ids), "paging with `before` skipped dead jobs that share a time of death"
 
 
+async def poison_jobs(queue: Queue, n: int, task_type: str = "t") -> list[str]:
+    """n jobs with no retries whose worker dies on their one attempt: the next fetch buries them."""
+    ids = await enqueue_ids(queue, *(spec(i, task_type=task_type, retries=0) for i in range(n)))
+    await fetch_all(queue, "doomed")  # attempt 1 starts, and the worker dies (no heartbeat)
+    assert await queue.recover(Q, "reaper") == (n, ["doomed"])
+    return ids
+
+
+async def test_poison_jobs_buried_at_fetch_page_and_count_like_other_dead_jobs(
+    make_queue: Callable[..., Queue], client: aioredis.Redis
+) -> None:
+    queue = make_queue(dead_max=3)
+    older = await dead_job(queue, 100)
+    poisoned = await poison_jobs(queue, 3)
+
+    got = await queue.fetch(Q, "survivor", 10)
+
+    # Buried in one fetch, so under one server time: each still gets a score of its own ...
+    assert (got.jobs, sorted(got.buried)) == ([], sorted(poisoned))
+    scores = [score for _, score in await client.zrange(key(Q, "dead"), 0, -1, withscores=True)]
+    assert len(set(scores)) == len(scores) == 3
+    # ... the dead set is trimmed to dead_max, dropping the oldest death and its record ...
+    assert await client.exists(job_key(Q, older)) == 0
+    assert sorted(m.decode() for m in await client.zrange(key(Q, "dead"), 0, -1)) == sorted(poisoned)
+    # ... they page without loss ...
+    seen, before = [], None
+    while page := await queue.dead(Q, None, 1, before):
+        seen += [r["id"] for r in page]
+        before = float(page[-1]["died_at"])
+    assert sorted(seen) == sorted(poisoned)
+    # ... and count as failed attempts and deaths of their type, as a death recorded by finish does.
+    stats = (await queue.stats())[Q]
+    assert (stats["dead"], stats["failed"]) == (3, 4)
+    assert stats["types"]["t"] == {"failed": 4, "dead": 4, "recovered": 3}
+    assert [(await record(client, j))["status"] for j in poisoned] == ["dead"] * 3
+
+
 # -- stats, keys, embedded store --------------------------------------------------------------
 
 
@@ -1028,7 +1074,8 @@ async def test_finish_counts_outcomes_per_task_type_and_keeps_timings(queue: Que
     jobs = await fetch_all(queue)
     assert [j.type for j in jobs] == ["a", "a", "b", "b"]
 
-    await queue.finish([Outcome(jobs[0], "succeeded", "1"), Outcome(jobs[1], "retrying", "E", retry_at=time.time() + 60),
+    await queue.finish([Outcome(jobs[0], "succeeded", "1"),
+                        Outcome(jobs[1], "retrying", "E", retry_at=time.time() + 60),
                         Outcome(jobs[2], "dead", "E"), Outcome(jobs[3], "cancelled", "E")])
 
     types = (await queue.stats())[Q]["types"]

@@ -56,7 +56,9 @@ def ts(record: dict[str, Any]) -> float:
 # -- running handlers ----------------------------------------------------------------------------
 
 
-async def test_async_handler_result_is_stored_and_job_succeeds(make_client: Any, make_settings: Any, redis_url: str) -> None:
+async def test_async_handler_result_is_stored_and_job_succeeds(
+    make_client: Any, make_settings: Any, redis_url: str
+) -> None:
     async def add(payload: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(0)
         return {"sum": payload["a"] + payload["b"], "items": [1, "two", None]}
@@ -76,7 +78,9 @@ async def test_async_handler_result_is_stored_and_job_succeeds(make_client: Any,
     assert (m["jobs_done"], m["jobs_failed"], m["total_jobs_in_queue"], m["jobs_active"]) == (1, 0, 0, 0)
 
 
-async def test_handler_returning_none_succeeds_with_a_null_result(make_client: Any, make_settings: Any, redis_url: str) -> None:
+async def test_handler_returning_none_succeeds_with_a_null_result(
+    make_client: Any, make_settings: Any, redis_url: str
+) -> None:
     async def nothing(payload: dict[str, Any]) -> None:
         return None
 

@@ -22,7 +22,8 @@ KEY_MARK = re.compile(rb'"\s*:')
 
 async def read_json(request: web.Request, limit: int) -> Any:
     """The decoded body, after the checks that need no parsing: content type, then size."""
-    if "Content-Type" in request.headers and request.content_type not in JSON_TYPES and not request.content_type.endswith("+json"):
+    given = request.content_type
+    if "Content-Type" in request.headers and given not in JSON_TYPES and not given.endswith("+json"):
         raise ValidationError(f"Content-Type: expected application/json (got {request.content_type})", 415)
     if request.content_length is not None and request.content_length > limit:
         raise ValidationError(f"body: larger than the limit of {limit} bytes", 413)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -50,7 +51,7 @@ async def enqueue(request: web.Request) -> web.Response:
 
 
 def accepted(done: Enqueued) -> dict[str, Any]:
-    answer = {"id": done.id, "status": done.status, "type": done.spec.type, "queue": done.spec.queue}
+    answer: dict[str, Any] = {"id": done.id, "status": done.status, "type": done.spec.type, "queue": done.spec.queue}
     if not done.created:
         answer["duplicate"] = True
     return answer
@@ -122,11 +123,11 @@ async def list_dead(request: web.Request) -> web.Response:
     return json_response({"jobs": jobs, "next_cursor": next_cursor})
 
 
-def query_queue(query: Any) -> str | None:
+def query_queue(query: Mapping[str, str]) -> str | None:
     queue = query.get("queue") or None
     if queue is not None and not valid_queue_name(queue):
         raise ValidationError("queue: expected a queue name", 400)
-    return queue  # type: ignore[no-any-return]
+    return queue
 
 
 def query_int(raw: str, name: str, low: int, high: int) -> int:

@@ -8,7 +8,7 @@ Redis error `StoreError`, so no module outside the store sees a redis-py excepti
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar
 
@@ -38,7 +38,7 @@ def translate(e: Exception) -> StoreError:
     return StoreError(f"redis: {e}")
 
 
-def boundary(verb: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def boundary(verb: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
     """A store verb whose Redis errors come out as StoreUnavailable or StoreError."""
 
     @functools.wraps(verb)

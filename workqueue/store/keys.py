@@ -36,7 +36,7 @@ WORKERS_KEY = "wq:workers"
 class QueueKeys:
     """The keys of one queue. Built once per queue name and kept (`keys_of`): hot paths only read."""
 
-    __slots__ = ("queue", "prefix", "stats", "scheduled", "dead", "timings", "cancels", "streams")
+    __slots__ = ("cancels", "dead", "prefix", "queue", "scheduled", "stats", "streams", "timings")
 
     def __init__(self, queue: str) -> None:
         self.queue = queue

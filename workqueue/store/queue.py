@@ -19,10 +19,10 @@ from .connection import Connections, boundary, connect, sync_boundary
 from .keys import GROUP, QUEUES_KEY, WORKERS_KEY, keys_of
 from .scripts import (
     CancelCall,
-    Enqueued,
     EnqueueCall,
-    Fetched,
+    Enqueued,
     FetchCall,
+    Fetched,
     FinishCall,
     PromoteCall,
     RecoverCall,
@@ -43,13 +43,14 @@ class Queue:
 
     def __init__(self, connections: Connections, retention: Retention) -> None:
         self.connections = connections
-        self.client = connections.main
+        # Any: redis-py annotates each command as `Awaitable[T] | T` for both clients at once.
+        self.client: Any = connections.main
         self.retention = retention
         self.scripts = Scripts.register(self.client, connections.embedded)
         self.known_queues: set[str] = set()
-        # Requests waiting to be enqueued together, per queue, and the queues being flushed now.
+        # Requests waiting to be enqueued together, per queue, and the task flushing each queue now.
         self.waiting: dict[str, list[Waiting]] = {}
-        self.flushing: set[str] = set()
+        self.flushing: dict[str, asyncio.Task[None]] = {}
 
     @classmethod
     def open(cls, url: str, timeout: float, retention: Retention) -> Queue:
@@ -113,8 +114,7 @@ class Queue:
         future: asyncio.Future[list[Enqueued]] = asyncio.get_running_loop().create_future()
         self.waiting.setdefault(queue, []).append((specs, max_length, future))
         if queue not in self.flushing:
-            self.flushing.add(queue)
-            asyncio.create_task(self.flush(queue), name=f"workqueue-enqueue-{queue}")
+            self.flushing[queue] = asyncio.create_task(self.flush(queue), name=f"workqueue-enqueue-{queue}")
         return await future
 
     async def flush(self, queue: str) -> None:
@@ -143,7 +143,7 @@ class Queue:
                         else:
                             future.set_result(result)
         finally:
-            self.flushing.discard(queue)
+            del self.flushing[queue]
 
     @boundary
     async def enqueue_batch(self, queue: str, requests: list[list[JobSpec]],
@@ -210,7 +210,7 @@ class Queue:
     def renew_lease(self, queues: Iterable[str], consumer: str, lease: float, about: dict[str, Any]) -> None:
         """Renew a worker's lease on every queue it serves and publish what it is doing. Synchronous:
         the worker's heartbeat thread calls it, so a blocked event loop cannot let the lease lapse."""
-        pipe = self.connections.threaded.pipeline(transaction=False)
+        pipe: Any = self.connections.threaded.pipeline(transaction=False)
         for queue in queues:
             pipe.set(keys_of(queue).worker(consumer), "1", px=int(lease * 1000))
         pipe.hset(WORKERS_KEY, consumer, orjson.dumps({**about, "last_heartbeat": time.time(), "lease": lease}))

@@ -380,7 +380,9 @@ class Scripts:
 
     @classmethod
     def register(cls, client: Any, embedded: bool = False) -> Scripts:
-        return cls(*(kind(client, embedded) for kind in WRAPPERS))
+        return cls(EnqueueScript(client, embedded), FetchScript(client, embedded), FinishScript(client, embedded),
+                   PromoteScript(client, embedded), RecoverScript(client, embedded), CancelScript(client, embedded),
+                   RedriveScript(client, embedded), StatsScript(client, embedded))
 
 
 WRAPPERS: tuple[type[Script[Any, Any]], ...] = (EnqueueScript, FetchScript, FinishScript, PromoteScript,

@@ -51,7 +51,8 @@ class Attempts:
         task = self.tasks.get(job.type)
         if task is None:
             known = ", ".join(sorted(self.tasks)) or "none"
-            return Outcome(job, Status.DEAD, f"unknown task type {job.type!r} at worker {self.worker} (loaded: {known})")
+            error = f"unknown task type {job.type!r} at worker {self.worker} (loaded: {known})"
+            return Outcome(job, Status.DEAD, error)
         try:
             # Checked again here: the job may come from an older producer, or from before a deploy.
             check_payload(task.options, job.payload, settings=self.settings.plugins.get(job.type))
@@ -84,7 +85,7 @@ class Attempts:
     def backoff(self, attempts: int) -> float:
         """Exponential with 'equal jitter': half fixed, half random, so retries of many jobs that
         failed together spread out instead of returning as a herd."""
-        ceiling = min(self.settings.backoff_max, self.settings.backoff_base * 2 ** (attempts - 1))
+        ceiling = min(self.settings.backoff_max, self.settings.backoff_base * 2.0 ** (attempts - 1))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
     def close(self) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # bench/, for benchlib
 
-from benchlib import RECORDER, SLEEP_S  # noqa: E402
+from benchlib import RECORDER, SLEEP_S
 
 _start = RECORDER.start
 _end = RECORDER.end
