@@ -53,7 +53,7 @@ def record_run(payload, ctx):
             os.close(fd)
 
 
-# -- task types for tests/test_reliability.py (fault injection) ----------------------------------
+# -- task types for tests/e2e/test_reliability.py (fault injection) ----------------------------------
 
 
 async def wait_for_go(payload):
