@@ -122,12 +122,68 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     stop_redis(server)
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A Redis Cluster of our own (3 masters, 1 replica each), shared by the tests that use it."""
+    from tests.topology import start_cluster
+
+    cluster = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A Sentinel group of our own (1 master, 1 replica, 3 sentinels), shared by the tests that use it."""
+    from tests.topology import start_sentinel_group
+
+    group = start_sentinel_group(tmp_path_factory.mktemp("sentinel"))
+    yield group
+    group.stop()
+
+
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    """A clean database on our own redis-server for each test."""
-    with redis_server.client() as client:
+async def redis_sync(redis_url: str) -> AsyncIterator[Any]:
+    """A synchronous client of the test's Redis, whatever its topology (the store's own heartbeat
+    client: a cluster client on the cluster, the Sentinels' master on the Sentinel group)."""
+    from workqueue.store import connect
+
+    connections = connect(redis_url, 5.0)
+    yield connections.threaded
+    await connections.close()
+
+
+TOPOLOGIES = ("server", "cluster", "sentinel")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked `topologies` that uses `redis_url` runs once per Redis topology."""
+    marker = metafunc.definition.get_closest_marker("topologies")
+    if marker is not None and "redis_url" in metafunc.fixturenames:
+        metafunc.parametrize("topology", marker.args or TOPOLOGIES, indirect=True)
+
+
+@pytest.fixture
+def topology(request: pytest.FixtureRequest) -> str:
+    """The Redis deployment `redis_url` points at: one server unless the test is marked `topologies`."""
+    return str(getattr(request, "param", "server"))
+
+
+@pytest.fixture
+def redis_url(topology: str, request: pytest.FixtureRequest) -> str:
+    """A clean Redis of our own for each test: one server, or the shared cluster or Sentinel group."""
+    if topology == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        return str(cluster.url)
+    if topology == "sentinel":
+        group = request.getfixturevalue("redis_sentinel")
+        group.flush()
+        return str(group.url)
+    server: RedisServer = request.getfixturevalue("redis_server")
+    with server.client() as client:
         client.flushall()
-    return redis_server.url
+    return server.url
 
 
 @pytest.fixture

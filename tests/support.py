@@ -32,6 +32,21 @@ def idempotency_key(queue: str, user_key: str) -> str:
     return keys_of(queue).idempotency(user_key)
 
 
+async def keys_matching(client: Any, pattern: str) -> list[bytes]:
+    """KEYS on every master: a cluster client otherwise asks one node only."""
+    if hasattr(client, "get_primaries"):
+        await client.initialize()  # before its first command a cluster client knows no nodes
+        return list(await client.keys(pattern, target_nodes=client.get_primaries()))
+    return list(await client.keys(pattern))
+
+
+def sync_keys(client: Any, pattern: str) -> list[bytes]:
+    """`keys_matching` for a synchronous client."""
+    if hasattr(client, "get_primaries"):
+        return list(client.keys(pattern, target_nodes=client.get_primaries()))
+    return list(client.keys(pattern))
+
+
 # -- the HTTP API --------------------------------------------------------------------------------
 
 

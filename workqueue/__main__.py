@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -40,10 +40,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, PluginError) as e:
         print(f"workqueue: {e}", file=sys.stderr)
         return 2
-    print(f"workqueue: {settings.role} on http://{settings.host}:{settings.port} "
-          f"({', '.join(sorted(tasks)) or 'no task types'})", file=sys.stderr, flush=True)
-    web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
-                shutdown_timeout=5, handle_signals=True)
+
+    async def announce(app: web.Application) -> AsyncIterator[None]:
+        # Last of the cleanup contexts: printed once everything before it has started.
+        print(f"workqueue: {settings.role} on http://{settings.host}:{settings.port} "
+              f"({', '.join(sorted(tasks)) or 'no task types'})", file=sys.stderr, flush=True)
+        yield
+
+    app.cleanup_ctx.append(announce)
+    try:
+        web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
+                    shutdown_timeout=5, handle_signals=True)
+    except ConfigError as e:  # found at start-up, once Redis could be asked
+        print(f"workqueue: {e}", file=sys.stderr)
+        return 2
     sys.stdout.flush()
     sys.stderr.flush()
     # A thread still running an abandoned plain-function handler would hold the interpreter open

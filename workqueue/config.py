@@ -17,8 +17,10 @@ from typing import Any
 from . import specs
 from .errors import ConfigError
 from .schedule import Schedule, parse_schedules
+from .store import address
 
 ROLES = ("producer", "worker", "both")
+DURABILITY = ("primary", "replica")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -53,6 +55,7 @@ class Settings:
     max_length: Mapping[str, int] = field(default_factory=dict)
     priority_fairness: int = 10
     redis_timeout: float = 2.0
+    durability: str = "primary"  # or "replica": a write counts once a replica confirmed it
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     schedule: tuple[Schedule, ...] = ()  # parsed once, here
 
@@ -215,6 +218,9 @@ def check(s: Settings) -> None:
 
     if s.role not in ROLES:
         fail("role", "one of " + ", ".join(ROLES))
+    if s.durability not in DURABILITY:
+        fail("durability", "'primary' (a write counts once the master has it) or 'replica' (once a replica "
+             "confirmed it too)")
     if s.log_level not in LOG_LEVELS:
         fail("log_level", "one of " + ", ".join(LOG_LEVELS))
     if not 0 <= s.port <= 65535:
@@ -244,8 +250,9 @@ def check(s: Settings) -> None:
     for queue, limit in s.max_length.items():
         if not specs.valid_queue_name(queue) or limit < 1:
             raise ConfigError(f"max_length.{queue}: expected a queue name = an integer >= 1 (got {limit!r})")
-    if not s.redis_url.startswith(("redis://", "rediss://", "unix://", "memory://")):
-        raise ConfigError("redis_url: expected a redis://, rediss://, unix:// or memory:// URL")
+    address.parse(s.redis_url)  # ConfigError naming redis_url and the forms it takes
+    if s.redis_url.startswith("memory://") and s.durability == "replica":
+        raise ConfigError("durability: 'replica' needs a Redis with replicas; memory:// has none")
     if s.redis_url.startswith("memory://") and s.role != "both":
         raise ConfigError(
             f"redis_url: memory:// is an embedded store inside one process, so it only works with "

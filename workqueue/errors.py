@@ -7,6 +7,7 @@
     ├── PermanentError      raised by a handler: the job fails now, without retrying
     ├── StoreError          Redis answered with an error workqueue did not expect; HTTP 500
     │   └── StoreUnavailable  Redis cannot be reached right now; HTTP 503 with Retry-After
+    │       └── ReplicaUnconfirmed  durability = "replica" and no replica confirmed a write in time
     └── QueueFull           the queue is at its max_length; HTTP 503 with Retry-After
 
 Redis errors become StoreError or StoreUnavailable at one boundary, the store (`workqueue.store`):
@@ -14,6 +15,8 @@ no other module sees a redis-py exception.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class WorkqueueError(Exception):
@@ -42,6 +45,16 @@ class StoreError(WorkqueueError):
 
 class StoreUnavailable(StoreError):
     """Redis did not answer; the operation had no effect and may be retried."""
+
+
+class ReplicaUnconfirmed(StoreUnavailable):
+    """With `durability = "replica"`: the master took the write but no replica confirmed it in time,
+    so a failover could still lose it. It may exist: retry with the same Idempotency-Key.
+    `verdicts` is what the store said of each outcome, when the write recorded outcomes."""
+
+    def __init__(self, message: str, verdicts: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.verdicts = verdicts
 
 
 class QueueFull(WorkqueueError):

@@ -96,7 +96,7 @@ class EventLog:
 def redact_url(url: str) -> str:
     """The URL with any password replaced, fit for a log line."""
     parts = urlsplit(url)
-    query = "&".join(("password=***" if p.split("=", 1)[0].lower() == "password" else p)
+    query = "&".join((p.split("=", 1)[0] + "=***" if p.split("=", 1)[0].lower().endswith("password") else p)
                      for p in parts.query.split("&")) if parts.query else parts.query
     netloc = parts.netloc
     if parts.password is not None:

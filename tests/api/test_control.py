@@ -18,8 +18,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import RedisServer, Service, async_wait_for, inline_task, read_log
+from tests.conftest import Service, async_wait_for, inline_task, read_log
 from tests.support import get_job, job_key, metrics, wait_status
+
+# Every test here runs on one server, on the Redis Cluster and on the Sentinel group.
+pytestmark = pytest.mark.topologies
+
 
 # -- helpers -------------------------------------------------------------------------------------
 
@@ -213,7 +217,7 @@ async def test_invalid_delay_or_run_at_is_422_naming_the_field_and_enqueues_noth
 
 
 async def test_run_at_with_sub_millisecond_precision_never_starts_even_slightly_early(
-    make_client: Any, make_settings: Any, redis_url: str, redis_server: RedisServer
+    make_client: Any, make_settings: Any, redis_url: str, redis_sync: Any
 ) -> None:
     """The hard property at the store's own resolution (microseconds), for run_at values that fall
     just before a millisecond boundary: rounding them down would make the job due early."""
@@ -227,8 +231,8 @@ async def test_run_at_with_sub_millisecond_precision_never_starts_even_slightly_
         return (await metrics(c))["jobs_done"] == len(wanted)
 
     await async_wait_for(all_done, 20, "all delayed jobs to succeed", interval=0.05)
-    with redis_server.client() as r:
-        started = [float(r.hget(job_key("default", a["id"]), "started_at")) for a in answers]
+    r = redis_sync
+    started = [float(r.hget(job_key("default", a["id"]), "started_at")) for a in answers]
     early = sorted((s - t) * 1000 for s, t in zip(started, wanted) if s < t - 1e-6)
     assert not early, f"{len(early)} of {len(wanted)} jobs started before their run_at, by up to {-early[0]:.3f} ms"
 

@@ -20,8 +20,13 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from tests.conftest import RedisServer, async_wait_for, free_port, inline_task
+from tests.conftest import async_wait_for, free_port, inline_task
+from tests.support import sync_keys
 from workqueue.plugins import TaskType
+
+# Every test here runs on one server, on the Redis Cluster and on the Sentinel group.
+pytestmark = pytest.mark.topologies
+
 
 SEED_JOB = {
     "type": "send_email",
@@ -108,16 +113,15 @@ async def wait_status(client: Client, job_id: str, status: str, timeout: float =
     return last
 
 
-def job_keys(redis_server: RedisServer) -> list[bytes]:
-    with redis_server.client() as r:
-        return sorted(r.keys("wq:*job*"))
+def job_keys(redis_sync: Any) -> list[bytes]:
+    return sorted(sync_keys(redis_sync, "wq:*job*"))
 
 
-async def assert_nothing_enqueued(client: Client, redis_server: RedisServer) -> None:
+async def assert_nothing_enqueued(client: Client, redis_sync: Any) -> None:
     metrics = await get_metrics(client)
     assert metrics["jobs_enqueued"] == 0, metrics
     assert metrics["total_jobs_in_queue"] == 0, metrics
-    assert job_keys(redis_server) == []
+    assert job_keys(redis_sync) == []
 
 
 def parse_time(value: str) -> datetime:
@@ -129,7 +133,7 @@ def parse_time(value: str) -> datetime:
 
 
 async def test_seed_example_body_is_accepted_runs_to_success_and_is_counted(
-    start_api: StartApi, redis_server: RedisServer
+    start_api: StartApi, redis_sync: Any
 ) -> None:
     # default_retries=0, so the record showing retries 3 proves "Retries" (capitalised) was read.
     client = await start_api(default_retries=0)
@@ -214,18 +218,18 @@ async def test_array_of_jobs_is_accepted_with_a_list_of_ids_and_every_job_runs(s
     ids=["retries", "payload", "type", "unknown-field"],
 )
 async def test_array_with_one_invalid_item_names_its_index_and_field_and_enqueues_none(
-    start_api: StartApi, redis_server: RedisServer, bad_item: dict[str, Any], field: str
+    start_api: StartApi, redis_sync: Any, bad_item: dict[str, Any], field: str
 ) -> None:
     client = await start_api()  # with a worker: had items 0 and 1 been enqueued, they would run
     response = await client.post("/enqueue", json=[OK_JOB, OK_JOB, bad_item, OK_JOB])
     await expect_error(response, {400, 422}, "[2]", field)
-    await assert_nothing_enqueued(client, redis_server)
+    await assert_nothing_enqueued(client, redis_sync)
 
 
-async def test_empty_array_is_422_and_enqueues_nothing(start_api: StartApi, redis_server: RedisServer) -> None:
+async def test_empty_array_is_422_and_enqueues_nothing(start_api: StartApi, redis_sync: Any) -> None:
     client = await start_api(role="producer")
     await expect_error(await client.post("/enqueue", json=[]), 422, "array")
-    await assert_nothing_enqueued(client, redis_server)
+    await assert_nothing_enqueued(client, redis_sync)
 
 
 @pytest.mark.parametrize(
@@ -239,20 +243,20 @@ async def test_empty_array_is_422_and_enqueues_nothing(start_api: StartApi, redi
     ids=["truncated", "single-quotes", "empty", "whitespace-only"],
 )
 async def test_body_that_is_not_json_is_400(
-    start_api: StartApi, redis_server: RedisServer, raw: bytes, words: list[str]
+    start_api: StartApi, redis_sync: Any, raw: bytes, words: list[str]
 ) -> None:
     client = await start_api(role="producer")
     await expect_error(await post_raw(client, raw), 400, *words)
-    await assert_nothing_enqueued(client, redis_server)
+    await assert_nothing_enqueued(client, redis_sync)
 
 
 @pytest.mark.parametrize("value", ["x", 3, None, True], ids=["string", "number", "null", "bool"])
 async def test_json_that_is_neither_object_nor_array_is_400(
-    start_api: StartApi, redis_server: RedisServer, value: Any
+    start_api: StartApi, redis_sync: Any, value: Any
 ) -> None:
     client = await start_api(role="producer")
     await expect_error(await post_raw(client, orjson.dumps(value)), 400, "body")
-    await assert_nothing_enqueued(client, redis_server)
+    await assert_nothing_enqueued(client, redis_sync)
 
 
 def job_with(**fields: Any) -> dict[str, Any]:
@@ -293,20 +297,20 @@ WRONG_SHAPE = [
     ("body", "statuses", "words"), [case[1:] for case in WRONG_SHAPE], ids=[case[0] for case in WRONG_SHAPE]
 )
 async def test_wrong_shape_or_value_is_4xx_naming_the_field_and_enqueues_nothing(
-    start_api: StartApi, redis_server: RedisServer, body: Any, statuses: set[int], words: list[str]
+    start_api: StartApi, redis_sync: Any, body: Any, statuses: set[int], words: list[str]
 ) -> None:
     client = await start_api(role="producer")
     await expect_error(await post_raw(client, orjson.dumps(body)), statuses, *words)
-    await assert_nothing_enqueued(client, redis_server)
+    await assert_nothing_enqueued(client, redis_sync)
 
 
 async def test_body_over_max_body_bytes_with_content_length_is_413_and_one_at_the_limit_is_accepted(
-    start_api: StartApi, redis_server: RedisServer
+    start_api: StartApi, redis_sync: Any
 ) -> None:
     client = await start_api(role="producer", max_body_bytes=100)
     too_big = orjson.dumps(job_with(payload={"pad": "x" * 200}))
     await expect_error(await post_raw(client, too_big), 413, "body")
-    await assert_nothing_enqueued(client, redis_server)
+    await assert_nothing_enqueued(client, redis_sync)
 
     at_limit = orjson.dumps(job_with(payload={"pad": ""}))
     at_limit = orjson.dumps(job_with(payload={"pad": "x" * (100 - len(at_limit))}))
@@ -315,7 +319,7 @@ async def test_body_over_max_body_bytes_with_content_length_is_413_and_one_at_th
     assert response.status == 202, await response.text()
 
 
-async def test_body_over_max_body_bytes_sent_chunked_is_413(start_api: StartApi, redis_server: RedisServer) -> None:
+async def test_body_over_max_body_bytes_sent_chunked_is_413(start_api: StartApi, redis_sync: Any) -> None:
     client = await start_api(role="producer", max_body_bytes=100)
     body = orjson.dumps(job_with(payload={"pad": "x" * 300}))
 
@@ -326,15 +330,15 @@ async def test_body_over_max_body_bytes_sent_chunked_is_413(start_api: StartApi,
     response = await client.post("/enqueue", data=chunks(), headers=JSON)
     assert "Content-Length" not in response.request_info.headers  # it really went chunked
     await expect_error(response, 413, "body")
-    await assert_nothing_enqueued(client, redis_server)
+    await assert_nothing_enqueued(client, redis_sync)
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml"])
-async def test_non_json_content_type_is_415(start_api: StartApi, redis_server: RedisServer, content_type: str) -> None:
+async def test_non_json_content_type_is_415(start_api: StartApi, redis_sync: Any, content_type: str) -> None:
     client = await start_api(role="producer")
     response = await post_raw(client, orjson.dumps(OK_JOB), content_type)  # the body itself is fine
     await expect_error(response, 415, "content-type")
-    await assert_nothing_enqueued(client, redis_server)
+    await assert_nothing_enqueued(client, redis_sync)
 
 
 # -- Redis unreachable ------------------------------------------------------------------------
@@ -446,17 +450,17 @@ async def test_failing_handler_with_one_retry_ends_dead_after_two_attempts_and_c
 
 
 async def test_worker_role_does_not_serve_enqueue_but_serves_metrics(
-    start_api: StartApi, redis_server: RedisServer
+    start_api: StartApi, redis_sync: Any
 ) -> None:
     client = await start_api(role="worker")
     await expect_error(await client.post("/enqueue", json=OK_JOB), {404, 405})
-    assert job_keys(redis_server) == []
+    assert job_keys(redis_sync) == []
     metrics = await get_metrics(client)
     assert all(metrics[name] == 0 for name in SEED_METRICS), metrics
 
 
 async def test_api_token_is_required_on_every_endpoint_but_healthz(
-    start_api: StartApi, redis_server: RedisServer
+    start_api: StartApi, redis_sync: Any
 ) -> None:
     client = await start_api(api_token="s3cret")
 
@@ -466,7 +470,7 @@ async def test_api_token_is_required_on_every_endpoint_but_healthz(
     for wrong in ("Bearer wrong", "Bearer s3cre", "Bearer s3cret2", "s3cret", "Basic czNjcmV0"):
         response = await client.post("/enqueue", json=OK_JOB, headers={"Authorization": wrong})
         await expect_error(response, 401)
-    assert job_keys(redis_server) == []
+    assert job_keys(redis_sync) == []
     for path in ("/metrics", "/readyz", f"/jobs/{'0' * 32}"):
         await expect_error(await client.get(path), 401)
 

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.conftest import async_wait_for
-from tests.support import idempotency_key, job_key, key, streams
+from tests.support import idempotency_key, job_key, key, keys_matching, streams
 from workqueue.errors import QueueFull, ValidationError
 from workqueue.job import Job, JobSpec, Outcome, new_ids
 from workqueue.store import Queue, Retention, connect
@@ -34,11 +34,17 @@ def spec(n: int = 0, queue: str = Q, *, task_type: str = "t", priority: int = 0,
                    timeout=30.0, priority=priority, run_at=run_at, key=key, key_ttl=key_ttl)
 
 
+# Every test here runs on one server, on the Redis Cluster and on the Sentinel group.
+pytestmark = pytest.mark.topologies
+
+
 @pytest.fixture
 async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    c = aioredis.Redis.from_url(redis_url)
-    yield c
-    await c.aclose()
+    """A client of the test's own to look at what the store left behind (a cluster client on the
+    cluster, the Sentinels' master on the Sentinel group)."""
+    connections = connect(redis_url, 5.0)
+    yield connections.main
+    await connections.close()
 
 
 @pytest.fixture
@@ -101,7 +107,7 @@ def counters(stats: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 async def job_hashes(client: aioredis.Redis, queue: str = Q) -> list[str]:
-    return sorted(k.decode() for k in await client.keys(job_key(queue, "*")))
+    return sorted(k.decode() for k in await keys_matching(client, job_key(queue, "*")))
 
 
 async def enqueue_ids(queue: Queue, *specs: JobSpec, max_lengths: dict[str, int] | None = None) -> list[str]:
@@ -661,6 +667,7 @@ async def test_promote_of_nothing_reports_no_next_time(queue: Queue) -> None:
 
 
 async def test_promote_respects_its_limit(queue: Queue, client: aioredis.Redis) -> None:
+    await queue.ensure_queue(Q)  # connected first: the jobs must still be in the future when written
     await enqueue_ids(queue, *(spec(i, run_at=time.time() + 0.05) for i in range(3)))
     await asyncio.sleep(0.1)
 
@@ -707,7 +714,7 @@ async def test_same_key_with_a_different_payload_is_a_409_and_writes_nothing(
     queue: Queue, client: aioredis.Redis
 ) -> None:
     (first,) = await queue.enqueue([spec(1, key="order-1")], {})
-    before_keys = sorted(await client.keys("*"))
+    before_keys = sorted(await keys_matching(client, "*"))
     before_stats = await queue.stats()
 
     with pytest.raises(ValidationError) as caught:
@@ -718,7 +725,7 @@ async def test_same_key_with_a_different_payload_is_a_409_and_writes_nothing(
         await queue.enqueue([spec(1, key="order-1", task_type="other")], {})
     assert caught.value.status == 409
 
-    assert sorted(await client.keys("*")) == before_keys
+    assert sorted(await keys_matching(client, "*")) == before_keys
     assert counters(await queue.stats()) == counters(before_stats)
     assert await client.xlen(stream(0)) == 1
 
@@ -779,11 +786,11 @@ async def test_cancel_and_redrive_move_the_key_ttl_with_the_job(queue: Queue, cl
 
 async def test_a_full_queue_raises_queue_full_and_writes_nothing(queue: Queue, client: aioredis.Redis) -> None:
     await enqueue_ids(queue, spec(0), spec(1, run_at=time.time() + 3600), max_lengths={Q: 3})
-    before_keys = sorted(await client.keys("*"))
+    before_keys = sorted(await keys_matching(client, "*"))
 
     with pytest.raises(QueueFull):
         await queue.enqueue([spec(2), spec(3)], {Q: 3})  # 2 + 2 > 3: all or nothing
-    assert sorted(await client.keys("*")) == before_keys
+    assert sorted(await keys_matching(client, "*")) == before_keys
     assert (await queue.stats())[Q]["enqueued"] == 2
 
     (third,) = await queue.enqueue([spec(2)], {Q: 3})
@@ -1109,7 +1116,7 @@ async def test_all_keys_of_a_queue_share_its_cluster_hash_tag(queue: Queue, clie
     await queue.set_last_tick("mail", "nightly", 1.0)
     assert await queue.last_tick("mail", "nightly") == 1.0
 
-    names = {k.decode() for k in await client.keys("*")} - {QUEUES_KEY, WORKERS_KEY}
+    names = {k.decode() for k in await keys_matching(client, "*")} - {QUEUES_KEY, WORKERS_KEY}
     assert {key("mail", n) for n in ("stats", "scheduled", "dead", "cancels", "worker:a", "schedule:nightly",
                                      "stream:0", "stream:9")} <= names
     assert idempotency_key("mail", "k1") in names

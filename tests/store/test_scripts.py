@@ -33,7 +33,7 @@ SAMPLES: dict[str, Any] = {
     "fetch": scripts.FetchCall(KEYS, "w", 5, RETENTION),
     "finish": scripts.FinishCall(KEYS, [Outcome(JOB, Status.SUCCEEDED, "1")], RETENTION, 100),
     "promote": scripts.PromoteCall(KEYS, 1.0),
-    "recover": scripts.RecoverCall(KEYS, "w"),
+    "recover": scripts.RecoverCall(KEYS, "w", "orphans", held=[(9, "1-0")], idle=10.0),
     "cancel": scripts.CancelCall(KEYS, "0" * 32, RETENTION),
     "redrive": scripts.RedriveCall(KEYS, ["0" * 32]),
     "stats": scripts.StatsCall(KEYS, 600.0),

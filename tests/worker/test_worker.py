@@ -12,11 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
-from tests.conftest import RedisServer, async_wait_for, inline_task, read_log
+from tests.conftest import async_wait_for, inline_task, read_log
 from tests.support import enqueue, get_job, job_key, key, metrics, streams, wait_status
 from workqueue.api.state import SETTINGS
 from workqueue.store.keys import GROUP
+
+# Every test here runs on one server, on the Redis Cluster and on the Sentinel group.
+pytestmark = pytest.mark.topologies
+
 
 RFC3339_MS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 FINISH_EVENTS = ("succeeded", "retrying", "dead")
@@ -478,7 +483,7 @@ async def test_finish_events_carry_ts_level_job_type_queue_attempt_and_duration_
 
 
 async def test_closing_the_app_lets_a_running_job_finish_and_the_log_ends_with_worker_and_service_stopped(
-    make_client: Any, make_settings: Any, redis_url: str, redis_server: RedisServer, tmp_path: Path
+    make_client: Any, make_settings: Any, redis_url: str, redis_sync: Any, tmp_path: Path
 ) -> None:
     entered = asyncio.Event()
     finished: list[str] = []
@@ -496,14 +501,14 @@ async def test_closing_the_app_lets_a_running_job_finish_and_the_log_ends_with_w
     await c.close()
 
     assert finished == ["j"]
-    with redis_server.client() as r:
-        record = {k.decode(): v.decode() for k, v in r.hgetall(job_key("default", job_id)).items()}
-        assert record["status"] == "succeeded", record
-        assert orjson.loads(record["result"]) == "finished"
-        assert sum(r.xlen(s) for s in streams("default")) == 0
-        assert sum(r.xpending(s, GROUP)["pending"] for s in streams("default")) == 0
-        assert int(r.hget(key("default", "stats"), "done") or 0) == 1
-        assert r.hget(key("default", "stats"), "released") is None  # nothing handed back
+    r = redis_sync
+    record = {k.decode(): v.decode() for k, v in r.hgetall(job_key("default", job_id)).items()}
+    assert record["status"] == "succeeded", record
+    assert orjson.loads(record["result"]) == "finished"
+    assert sum(r.xlen(s) for s in streams("default")) == 0
+    assert sum(r.xpending(s, GROUP)["pending"] for s in streams("default")) == 0
+    assert int(r.hget(key("default", "stats"), "done") or 0) == 1
+    assert r.hget(key("default", "stats"), "released") is None  # nothing handed back
     log = events(tmp_path / "logs.txt")
     assert [r["event"] for r in log][-2:] == ["worker_stopped", "service_stopped"]
     assert [r["event"] for r in events(tmp_path / "logs.txt", job_id)].count("succeeded") == 1
@@ -525,7 +530,7 @@ async def test_closing_an_idle_app_is_quick_and_logs_the_stop_events(
 
 
 async def test_a_job_outliving_the_grace_period_is_handed_back_and_the_next_worker_runs_it(
-    make_client: Any, make_settings: Any, redis_url: str, redis_server: RedisServer, tmp_path: Path
+    make_client: Any, make_settings: Any, redis_url: str, redis_sync: Any, tmp_path: Path
 ) -> None:
     entered = asyncio.Event()
 
@@ -546,16 +551,16 @@ async def test_a_job_outliving_the_grace_period_is_handed_back_and_the_next_work
     await first.close()
     assert time.monotonic() - began < 5  # the grace period, not the handler's 10 s
 
-    with redis_server.client() as r:
-        assert r.hget(job_key("default", job_id), "status") == b"queued"
-        # Handed-back jobs wait on the highest priority level, to start before anything else.
-        top = streams("default")[-1]
-        assert sum(r.xlen(s) for s in streams("default")) == 1
-        assert sum(r.xpending(s, GROUP)["pending"] for s in streams("default")) == 0
-        (entry,) = r.xrange(top)
-        assert entry[1][b"id"].decode() == job_id
-        assert int(r.hget(key("default", "stats"), "released")) == 1
-        assert int(r.hget(key("default", "stats"), "failed") or 0) == 0
+    r = redis_sync
+    assert r.hget(job_key("default", job_id), "status") == b"queued"
+    # Handed-back jobs wait on the highest priority level, to start before anything else.
+    top = streams("default")[-1]
+    assert sum(r.xlen(s) for s in streams("default")) == 1
+    assert sum(r.xpending(s, GROUP)["pending"] for s in streams("default")) == 0
+    (entry,) = r.xrange(top)
+    assert entry[1][b"id"].decode() == job_id
+    assert int(r.hget(key("default", "stats"), "released")) == 1
+    assert int(r.hget(key("default", "stats"), "failed") or 0) == 0
     log = events(tmp_path / "logs.txt")
     assert [r["event"] for r in log][-2:] == ["worker_stopped", "service_stopped"]
     assert [r for r in log if r["event"] == "worker_stopped"][0]["released"] == 1

@@ -10,11 +10,12 @@ started. So on SIGTERM the worker drains first, then Redis closes, then the log.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from ..config import Settings
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreUnavailable
 from ..logs import EventLog, redact_url
 from ..metrics import Metrics
 from ..plugins import TaskType
@@ -72,7 +73,16 @@ async def event_log(app: web.Application) -> AsyncIterator[None]:
 
 async def store(app: web.Application) -> AsyncIterator[None]:
     s = app[SETTINGS]
-    queue = Queue.open(s.redis_url, s.redis_timeout, Retention(s.result_ttl, s.dead_ttl, s.dead_max, s.idempotency_ttl))
+    queue = Queue.open(s.redis_url, s.redis_timeout, Retention(s.result_ttl, s.dead_ttl, s.dead_max, s.idempotency_ttl),
+                       replica_wait=s.redis_timeout if s.durability == "replica" else None)
+    try:
+        if await queue.is_cluster_node():
+            await queue.close()
+            where = urlsplit(s.redis_url).netloc.rpartition("@")[2]
+            raise ConfigError(f"redis_url: {redact_url(s.redis_url)} is a node of a Redis Cluster; "
+                              f"write redis+cluster://{where} to use the cluster")
+    except StoreUnavailable as e:  # not up yet: requests answer 503 and workers wait until it is
+        app[LOG].emit("redis_unavailable", "warning", error=str(e))
     app[QUEUE] = queue
     yield
     await queue.close()

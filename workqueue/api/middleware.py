@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ..errors import QueueFull, StoreUnavailable, ValidationError
+from ..errors import QueueFull, ReplicaUnconfirmed, StoreUnavailable, ValidationError
 from .state import LOG, METRICS, REQUEST_ID
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -37,6 +37,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ValidationError as e:
         return error(e.status, str(e))
+    except ReplicaUnconfirmed as e:  # the write may have happened: the message says to retry with the key
+        return error(503, str(e), {"Retry-After": "1"})
     except StoreUnavailable:
         return error(503, "the job store (Redis) is unavailable; nothing was done, try again", {"Retry-After": "1"})
     except QueueFull as e:

@@ -31,13 +31,15 @@ async def enqueue(request: web.Request) -> web.Response:
     declared = {name: t.options for name, t in request.app[TASKS].items()}
     specs = parse_specs(body, declared, settings.default_retries, settings.default_timeout,
                         request.headers.get("Idempotency-Key"), settings.plugins)
+    # One bound for the whole Redis part, waiting for a batch in flight included: a hung Redis
+    # (SIGSTOP, CLIENT PAUSE) answers 503 this fast, not after a retry or two. With durability
+    # "replica", the wait for a replica's confirmation (itself bounded by redis_timeout) comes on top.
+    bound = settings.redis_timeout * (2 if settings.durability == "replica" else 1)
     try:
-        # One bound for the whole Redis part, waiting for a batch in flight included: a hung Redis
-        # (SIGSTOP, CLIENT PAUSE) answers 503 this fast, not after a retry or two.
-        async with asyncio.timeout(settings.redis_timeout):
+        async with asyncio.timeout(bound):
             results = await request.app[QUEUE].enqueue(specs, settings.max_length)
     except TimeoutError as e:
-        raise StoreUnavailable(f"redis did not answer within {settings.redis_timeout:g} s") from e
+        raise StoreUnavailable(f"redis did not answer within {bound:g} s") from e
     log = request.app[LOG]
     for done in results:
         if done.created:

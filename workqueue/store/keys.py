@@ -16,8 +16,10 @@ Per queue, all keys share the hash tag `{q}`, so every script stays in one Redis
     wq:{q}:key:<digest>     String "<job id> <fingerprint>": an idempotency key and its job
     wq:{q}:schedule:<name>  String: the last tick a periodic schedule enqueued (epoch seconds)
 
-plus `wq:queues`, the set of queue names ever used, and `wq:workers`, a hash of worker name to
-its description and last heartbeat (JSON), for GET /workers.
+plus two keys that belong to no queue, with a hash tag of their own that no queue name can have
+(`:` is not allowed in one), so no queue's script ever touches them: `wq:{wq:registry}:queues`, the
+set of queue names ever used, and `wq:{wq:registry}:workers`, a hash of worker name to its
+description and last heartbeat (JSON), for GET /workers.
 A job leaves its stream only when a worker acknowledges its outcome, so a crashed worker's jobs
 stay pending under its name until another worker recovers them.
 """
@@ -29,8 +31,8 @@ import hashlib
 
 GROUP = "workers"  # the consumer group of every level stream
 LEVELS = 10  # priorities 0-9, one stream each
-QUEUES_KEY = "wq:queues"
-WORKERS_KEY = "wq:workers"
+QUEUES_KEY = "wq:{wq:registry}:queues"
+WORKERS_KEY = "wq:{wq:registry}:workers"
 
 
 class QueueKeys:

@@ -14,7 +14,9 @@ from typing import Any
 import orjson
 from redis.exceptions import ResponseError
 
+from ..errors import ReplicaUnconfirmed
 from ..job import Job, JobSpec, Outcome, Verdict, new_ids
+from .address import Topology
 from .connection import Connections, boundary, connect, sync_boundary
 from .keys import GROUP, QUEUES_KEY, WORKERS_KEY, keys_of
 from .scripts import (
@@ -30,6 +32,7 @@ from .scripts import (
     Retention,
     Scripts,
     StatsCall,
+    ms,
 )
 
 TIMINGS_KEPT = 1000  # attempts per queue behind the JSON percentiles
@@ -41,8 +44,11 @@ Waiting = tuple[list[JobSpec], int, "asyncio.Future[list[Enqueued]]"]  # one req
 class Queue:
     """Job storage and delivery on one Redis (or the embedded store)."""
 
-    def __init__(self, connections: Connections, retention: Retention) -> None:
+    def __init__(self, connections: Connections, retention: Retention, replica_wait: float | None = None) -> None:
+        """`replica_wait`: with `durability = "replica"`, how long a write waits for a replica to
+        confirm it (seconds); None (durability "primary") does not wait."""
         self.connections = connections
+        self.replica_wait = replica_wait
         # Any: redis-py annotates each command as `Awaitable[T] | T` for both clients at once.
         self.client: Any = connections.main
         self.retention = retention
@@ -53,8 +59,8 @@ class Queue:
         self.flushing: dict[str, asyncio.Task[None]] = {}
 
     @classmethod
-    def open(cls, url: str, timeout: float, retention: Retention) -> Queue:
-        return cls(connect(url, timeout), retention)
+    def open(cls, url: str, timeout: float, retention: Retention, replica_wait: float | None = None) -> Queue:
+        return cls(connect(url, timeout), retention, replica_wait)
 
     async def close(self) -> None:
         await self.connections.close()
@@ -62,6 +68,15 @@ class Queue:
     @boundary
     async def ping(self) -> None:
         await self.client.ping()
+
+    @boundary
+    async def is_cluster_node(self) -> bool:
+        """Whether a one-server URL points at a node of a Redis Cluster (which it cannot use as one
+        server: most of the queues' slots live elsewhere)."""
+        if self.connections.topology is not Topology.SERVER:
+            return False
+        info = await self.client.info("cluster")
+        return bool(int(info.get("cluster_enabled", 0)))
 
     @boundary
     async def ensure_queue(self, queue: str) -> None:
@@ -156,7 +171,14 @@ class Queue:
         await self.ensure_queue(queue)
         call = EnqueueCall(keys_of(queue), [list(zip(new_ids(len(specs)), specs)) for specs in requests],
                            max_length, dry_run)
-        return await self.scripts.enqueue(call)
+        if self.replica_wait is None or dry_run:
+            return await self.scripts.enqueue(call)
+        results, acked = await self.scripts.enqueue.replicated(call, self.connections, ms(self.replica_wait))
+        if acked < 1 and any(isinstance(r, list) and any(e.created for e in r) for r in results):
+            raise ReplicaUnconfirmed(
+                f"no replica of queue {queue!r}'s Redis master confirmed the write within {self.replica_wait:g} s "
+                "(durability = \"replica\"): the job may exist; retry with the same Idempotency-Key")
+        return results
 
     # -- consuming ----------------------------------------------------------------------------
 
@@ -192,10 +214,21 @@ class Queue:
         by_queue: dict[str, list[int]] = {}
         for i, outcome in enumerate(outcomes):
             by_queue.setdefault(outcome.job.queue, []).append(i)
+        unconfirmed = []
         for queue, indexes in by_queue.items():
             call = FinishCall(keys_of(queue), [outcomes[i] for i in indexes], self.retention, TIMINGS_KEPT)
-            verdicts.update(zip(indexes, await self.scripts.finish(call)))
-        return [verdicts[i] for i in range(len(outcomes))]
+            if self.replica_wait is None:
+                verdicts.update(zip(indexes, await self.scripts.finish(call)))
+                continue
+            replies, acked = await self.scripts.finish.replicated(call, self.connections, ms(self.replica_wait))
+            verdicts.update(zip(indexes, replies))
+            if acked < 1:
+                unconfirmed.append(queue)
+        answer = [verdicts[i] for i in range(len(outcomes))]
+        if unconfirmed:
+            raise ReplicaUnconfirmed(f"no replica confirmed the outcomes recorded on {', '.join(unconfirmed)} "
+                                     f"within {self.replica_wait:g} s", answer)
+        return answer
 
     @boundary
     async def promote(self, queue: str, limit: int = 1000) -> tuple[int, float | None]:
@@ -219,7 +252,8 @@ class Queue:
     @boundary
     async def forget_worker(self, queues: Iterable[str], consumer: str) -> None:
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.delete(*(keys_of(q).worker(consumer) for q in queues))
+            for queue in queues:  # one DEL per key: the queues' keys live in different cluster slots
+                pipe.delete(keys_of(queue).worker(consumer))
             pipe.hdel(WORKERS_KEY, consumer)
             await pipe.execute()
 
@@ -242,7 +276,17 @@ class Queue:
     async def recover(self, queue: str, me: str, release: bool = False, limit: int = 1000) -> tuple[int, list[str]]:
         """Requeue unfinished deliveries: of every worker whose heartbeat expired (the reaper), or,
         with release, this worker's own (graceful shutdown). Returns (moved, reaped worker names)."""
-        return await self.scripts.recover(RecoverCall(keys_of(queue), me, release, limit))
+        return await self.scripts.recover(RecoverCall(keys_of(queue), me, "release" if release else "reap", limit))
+
+    @boundary
+    async def recover_orphans(self, queue: str, me: str, held: Iterable[Job], idle: float) -> int:
+        """Requeue this worker's deliveries that it does not hold (`held`: what it runs, has fetched
+        ahead or is recording) and that have been pending for `idle` seconds: after a failover lost
+        the last writes of a master, such a job would otherwise stay active under a live worker's
+        name for ever. Returns how many moved."""
+        jobs = [(job.level, job.delivery) for job in held if job.queue == queue]
+        moved, _ = await self.scripts.recover(RecoverCall(keys_of(queue), me, "orphans", held=jobs, idle=idle))
+        return moved
 
     # -- control ------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ import orjson
 
 from ..errors import QueueFull, ValidationError
 from ..job import Job, JobSpec, Outcome, Status, Tally, Verdict
+from .connection import Connections, script_then_wait
 from .keys import GROUP, LEVELS, QueueKeys
 
 LUA = resources.files(__package__).joinpath("lua")
@@ -117,6 +118,13 @@ class Script(Generic[CallT, ReplyT]):
     async def __call__(self, call: CallT) -> ReplyT:
         keys, args = self.pack(call)
         return self.unpack(await self.runner(keys=keys, args=args), call)
+
+    async def replicated(self, call: CallT, connections: Connections, wait_ms: int) -> tuple[ReplyT, int]:
+        """The same call, followed by a WAIT for one replica on its connection: (reply, replicas
+        that confirmed it)."""
+        keys, args = self.pack(call)
+        reply, acked = await script_then_wait(connections, self.runner.sha, self.runner.script, keys, args, wait_ms)
+        return self.unpack(reply, call), acked
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,8 +274,10 @@ class PromoteScript(Script[PromoteCall, tuple[int, float | None]]):
 class RecoverCall:
     keys: QueueKeys
     consumer: str  # the worker asking
-    release: bool = False  # hand back its own deliveries (shutdown) instead of reaping dead workers'
+    mode: str = "reap"  # 'reap' dead workers' deliveries, 'release' its own, or its own 'orphans'
     limit: int = 1000
+    held: Sequence[tuple[int, str]] = ()  # for 'orphans': (level, delivery) the worker holds
+    idle: float = 0.0  # for 'orphans': seconds a delivery must have been pending
 
 
 class RecoverScript(Script[RecoverCall, tuple[int, list[str]]]):
@@ -275,10 +285,11 @@ class RecoverScript(Script[RecoverCall, tuple[int, list[str]]]):
 
     NAME = "recover"
     KEYS = ("stats",)
-    ARGV = ("prefix", "consumer", "limit", "mode")
+    ARGV = ("prefix", "consumer", "limit", "mode", "held", "idle")
 
     def pack(self, call: RecoverCall) -> tuple[list[str], list[Any]]:
-        return [call.keys.stats], [call.keys.prefix, call.consumer, call.limit, "release" if call.release else "reap"]
+        held = orjson.dumps([f"{level}:{delivery}" for level, delivery in call.held])
+        return [call.keys.stats], [call.keys.prefix, call.consumer, call.limit, call.mode, held, ms(call.idle)]
 
     def unpack(self, reply: Any, call: RecoverCall) -> tuple[int, list[str]]:
         return int(reply[0]), [n.decode() for n in reply[1:]]

@@ -99,6 +99,11 @@ class InFlight:
         for job_id in list(self.running):
             self.interrupt(job_id, why)
 
+    def jobs(self) -> list[Job]:
+        """Every job held here: running, or fetched ahead and waiting for a consumer."""
+        waiting: list[Job] = list(self.ready._queue)  # type: ignore[attr-defined]  # asyncio.Queue's deque
+        return [r.job for r in self.running.values()] + waiting
+
     def overdue(self, now: float) -> list[str]:
         return [job_id for job_id, held in self.running.items() if held.deadline <= now]
 

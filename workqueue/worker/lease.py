@@ -203,8 +203,25 @@ class Lease:
         await self.lifecycle.every(max(self.lease / 4, 0.1), self.reap)
 
     async def reap(self) -> None:
+        failed = None
         for queue in self.queues:
-            moved, dead_workers = await self.queue.recover(queue, self.name)
-            if moved:
-                self.log.emit("recovered", "warning", queue=queue, worker=self.name, dead_workers=dead_workers,
-                              jobs=moved)
+            try:
+                await self.reap_queue(queue)
+            except StoreError as e:  # this queue's Redis: the others are reaped all the same
+                failed = e
+        if failed is not None:
+            raise failed
+
+    async def reap_queue(self, queue: str) -> None:
+        moved, dead_workers = await self.queue.recover(queue, self.name)
+        if moved:
+            self.log.emit("recovered", "warning", queue=queue, worker=self.name, dead_workers=dead_workers,
+                          jobs=moved)
+        if self.in_doubt():
+            return  # the watch hands back everything not held; orphans are among them
+        held = self.inflight.jobs() + self.recorder.jobs()
+        orphans = await self.queue.recover_orphans(queue, self.name, held, self.lease)
+        if orphans:
+            self.log.emit("orphans_recovered", "warning", queue=queue, worker=self.name, jobs=orphans,
+                          error="jobs pending under this worker's name that it does not hold (a failover "
+                                "lost the last writes of a Redis master?): requeued")

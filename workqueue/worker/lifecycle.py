@@ -46,9 +46,13 @@ class Lifecycle:
         """Whether background loops go on."""
         return self.phase < Phase.CLOSING
 
+    def report(self, e: StoreError, **fields: Any) -> None:
+        """Log that Redis failed."""
+        self.log.emit("redis_unavailable", "warning", worker=self.name, error=str(e), **fields)
+
     async def pause_after(self, e: StoreError) -> None:
         """Log that Redis failed and wait a little before the caller tries again."""
-        self.log.emit("redis_unavailable", "warning", worker=self.name, error=str(e))
+        self.report(e)
         await asyncio.sleep(REDIS_PAUSE)
 
     async def every(self, interval: float, action: Callable[[], Awaitable[Any]]) -> None:

@@ -1,6 +1,11 @@
 """Recording outcomes: finished attempts are queued here and written in batches (one script call
 per queue), kept and retried while Redis is away so that none is lost, and logged once the store
 has given its verdict.
+
+With `durability = "replica"` an outcome counts as recorded only once a replica confirmed it: an
+unconfirmed batch is written again until one does. A master that still has it refuses the repeat
+(its delivery is already acknowledged), so the first verdict stands; a master promoted after the
+old one died without passing it on records it then.
 """
 
 from __future__ import annotations
@@ -8,13 +13,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ..errors import StoreError
-from ..job import Outcome, Status, Verdict
+from ..errors import ReplicaUnconfirmed, StoreError
+from ..job import Job, Outcome, Status, Verdict
 from ..logs import EventLog
 from ..store import Queue
 from .lifecycle import Lifecycle
 
-Finished = tuple[Outcome, float, float]  # the outcome, with its start and finish times
+# The outcome, its start and finish times, and the verdict of an earlier write no replica confirmed.
+Finished = tuple[Outcome, float, float, Verdict | None]
 
 
 class Recorder:
@@ -25,10 +31,15 @@ class Recorder:
         self.outcomes: list[Finished] = []
         self.added = asyncio.Event()
         self.recording = asyncio.Lock()
+        self.writing: list[Finished] = []  # the batch being written now
         self.closed = False
 
+    def jobs(self) -> list[Job]:
+        """The jobs whose outcomes are waiting to be recorded, or being recorded now."""
+        return [o.job for o, _, _, _ in self.outcomes + self.writing]
+
     def add(self, outcome: Outcome, started: float, finished: float) -> None:
-        self.outcomes.append((outcome, started, finished))
+        self.outcomes.append((outcome, started, finished, None))
         self.added.set()
 
     async def run(self) -> None:
@@ -51,13 +62,24 @@ class Recorder:
             while self.outcomes:
                 self.added.clear()
                 batch, self.outcomes = self.outcomes, []
+                self.writing = batch
                 try:
-                    verdicts = await self.queue.finish([o for o, _, _ in batch])
+                    verdicts = await self.queue.finish([o for o, _, _, _ in batch])
+                except ReplicaUnconfirmed as e:
+                    assert e.verdicts is not None
+                    again = [(o, s, f, earlier or v) for (o, s, f, earlier), v in zip(batch, e.verdicts)]
+                    self.outcomes = again + self.outcomes
+                    await self.lifecycle.pause_after(e)
+                    continue
                 except StoreError as e:
                     self.outcomes = batch + self.outcomes
                     await self.lifecycle.pause_after(e)
                     continue
-                for (outcome, started, finished), verdict in zip(batch, verdicts):
+                finally:
+                    self.writing = []
+                for (outcome, started, finished, earlier), verdict in zip(batch, verdicts):
+                    if earlier is not None and verdict is Verdict.REFUSED:
+                        verdict = earlier  # the master had it already: the repeat was refused
                     self.log_outcome(outcome, started, finished, verdict)
 
     def log_outcome(self, outcome: Outcome, started: float, finished: float, verdict: Verdict) -> None:

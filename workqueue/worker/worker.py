@@ -34,7 +34,7 @@ from ..store import BLOCK_MS, Queue
 from .attempt import Attempts
 from .inflight import InFlight, Interruption
 from .lease import Heartbeat, Lease
-from .lifecycle import Lifecycle, Phase, cancel_all
+from .lifecycle import REDIS_PAUSE, Lifecycle, Phase, cancel_all
 from .recorder import Recorder
 from .upkeep import Scheduler, Upkeep
 
@@ -123,6 +123,9 @@ class Worker:
 
     async def fetch(self) -> None:
         rounds = 0
+        # Queues whose Redis just failed (a cluster master failing over), skipped until then
+        # (monotonic time): the other queues, on other masters, keep flowing meanwhile.
+        resting: dict[str, float] = {}
         while self.lifecycle.fetching:
             if self.lease.in_doubt():  # the lease watch is handing our jobs back: take no more meanwhile
                 await asyncio.sleep(0.05)
@@ -137,7 +140,14 @@ class Worker:
                 for queue in self.weighted_order():
                     if fetched == count:
                         break
-                    got = await self.queue.fetch(queue, self.name, count - fetched, lowest_first)
+                    if resting.get(queue, 0.0) > time.monotonic():
+                        continue
+                    try:
+                        got = await self.queue.fetch(queue, self.name, count - fetched, lowest_first)
+                    except StoreError as e:
+                        self.lifecycle.report(e, queue=queue)
+                        resting[queue] = time.monotonic() + REDIS_PAUSE
+                        continue
                     cursors[queue] = got.cursors
                     for job_id in got.buried:
                         self.log.emit("dead", "error", job_id=job_id, queue=queue, worker=self.name,
@@ -145,13 +155,10 @@ class Worker:
                     fetched += len(got.jobs)
                     for job in got.jobs:
                         self.inflight.ready.put_nowait(job)
-            except StoreError as e:
-                await self.lifecycle.pause_after(e)
-                continue
             finally:
                 self.inflight.release(count - fetched)
             if fetched == 0:
-                await self.wait_for_work(cursors)
+                await self.wait_for_work(cursors, resting)
 
     def weighted_order(self) -> list[str]:
         """Queues in a random order where each comes first with probability weight / total weight."""
@@ -160,8 +167,16 @@ class Worker:
         keyed = [(random.random() ** (1.0 / weight), name) for name, weight in self.weights]
         return [name for _, name in sorted(keyed, reverse=True)]
 
-    async def wait_for_work(self, cursors: dict[str, list[str]]) -> None:
-        waits = [asyncio.create_task(self.queue.wait(q, c, BLOCK_MS)) for q, c in cursors.items() if c]
+    async def wait_for_work(self, cursors: dict[str, list[str]], resting: dict[str, float]) -> None:
+        """Block until one of the queues has a new job (one blocking XREAD per queue: a queue's keys
+        live in one cluster slot, different queues' in different ones), or a resting queue is due
+        to be tried again."""
+        waits: dict[asyncio.Task[None], str] = {
+            asyncio.create_task(self.queue.wait(q, c, BLOCK_MS)): q for q, c in cursors.items() if c}
+        now = time.monotonic()
+        due = min((until - now for until in resting.values() if until > now), default=None)
+        if due is not None:
+            waits[asyncio.create_task(asyncio.sleep(due))] = ""
         if not waits:
             return
         try:
@@ -169,7 +184,8 @@ class Worker:
             for task in done:
                 error = task.exception()
                 if isinstance(error, StoreError):
-                    await self.lifecycle.pause_after(error)
+                    self.lifecycle.report(error, queue=waits[task])
+                    resting[waits[task]] = time.monotonic() + REDIS_PAUSE
         finally:
             await cancel_all(waits)  # they only watch, so cutting them short loses nothing
 
