@@ -129,7 +129,9 @@ def cluster_options(extra: tuple[str, ...] = ()) -> tuple[str, ...]:
     return ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--cluster-require-full-coverage", "no",
             # A replica takes over however long it was cut off: the tests kill masters on purpose.
-            "--cluster-replica-validity-factor", "0", *extra)
+            "--cluster-replica-validity-factor", "0",
+            # A node coming back syncs at once, instead of the master waiting 5 s for more replicas.
+            "--repl-diskless-sync-delay", "0", *extra)
 
 
 def cluster_port() -> int:
@@ -214,7 +216,8 @@ class SentinelGroup:
 
     def restart(self, port: int, replica_of: int) -> None:
         server = self.server(port)
-        server.process = start_redis(server.directory, port, "--replicaof", "127.0.0.1", str(replica_of)).process
+        server.process = start_redis(server.directory, port, "--replicaof", "127.0.0.1", str(replica_of),
+                                     "--repl-diskless-sync-delay", "0").process
 
     def stop(self) -> None:
         for process in self.sentinels:
@@ -226,8 +229,9 @@ class SentinelGroup:
 
 
 def start_sentinel_group(directory: Path) -> SentinelGroup:
-    master = start_redis(directory / "master")
-    replica = start_redis(directory / "replica", None, "--replicaof", "127.0.0.1", str(master.port))
+    master = start_redis(directory / "master", None, "--repl-diskless-sync-delay", "0")
+    replica = start_redis(directory / "replica", None, "--replicaof", "127.0.0.1", str(master.port),
+                          "--repl-diskless-sync-delay", "0")
     group = SentinelGroup(directory, master, replica)
     binary = shutil.which("redis-server")
     assert binary is not None

@@ -15,6 +15,9 @@ from tests.conftest import ROOT, Service, read_log, wait_for
 from tests.support import http, write_config
 from tests.support import service_metrics as metrics
 
+# The process tests run on one server, on the Redis Cluster and on the Sentinel group.
+pytestmark = pytest.mark.topologies
+
 SEED_EXAMPLE = {"type": "send_email", "Retries": 3,
                 "payload": {"to": "worldisweird2020@gmail.com", "subject": "testing producer"}}
 

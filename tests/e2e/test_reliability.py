@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +34,6 @@ import redis
 
 from tests.conftest import RedisServer, Service, start_redis, stop_redis, wait_for
 from tests.support import write_config
-
-
-@pytest.fixture(autouse=True)
-def _skip_slow_unless_asked(request: pytest.FixtureRequest) -> None:
-    if request.node.get_closest_marker("slow") is None:
-        return
-    if os.environ.get("WORKQUEUE_SLOW") == "1" or "slow" in (request.config.getoption("markexpr", "") or ""):
-        return
-    pytest.skip("slow: run with -m slow or WORKQUEUE_SLOW=1")
-
 
 # -- helpers ------------------------------------------------------------------------------------
 
@@ -162,21 +152,6 @@ def nap(ledger_path: Path, seconds: float, go: Path | None = None, **extra: Any)
 
 def record(ledger_path: Path, **extra: Any) -> dict[str, Any]:
     return {"type": "record", "payload": {"ledger": str(ledger_path)}, **extra}
-
-
-@pytest.fixture
-def figures(request: pytest.FixtureRequest) -> Callable[..., None]:
-    """Report a measured figure: printed, and appended to $WORKQUEUE_FIGURES when set."""
-
-    def report(**values: Any) -> None:
-        line = {"test": request.node.nodeid, "date": datetime.now(UTC).strftime("%Y-%m-%d"), **values}
-        print(f"\nFIGURE {orjson.dumps(line).decode()}")
-        target = os.environ.get("WORKQUEUE_FIGURES")
-        if target:
-            with open(target, "ab") as f:
-                f.write(orjson.dumps(line) + b"\n")
-
-    return report
 
 
 @pytest.fixture

@@ -1015,6 +1015,29 @@ async def test_dead_pages_lose_no_job_when_a_batch_died_at_once(queue: Queue) ->
     assert sorted(seen) == sorted(ids), "paging with `before` skipped dead jobs that share a time of death"
 
 
+async def test_recover_orphans_requeues_only_old_deliveries_the_worker_does_not_hold(
+    queue: Queue, client: aioredis.Redis
+) -> None:
+    """After a failover lost a master's last writes, a job can be pending under a live worker that
+    no longer holds it (it finished it, or never got it): the worker itself takes it back."""
+    await enqueue_ids(queue, spec(0), spec(1), spec(2))
+    held, *lost = await fetch_all(queue, "a")
+
+    assert await queue.recover_orphans(Q, "a", [held], idle=60) == 0  # none pending that long yet
+    await asyncio.sleep(0.05)
+    assert await queue.recover_orphans(Q, "b", [], idle=0.01) == 0  # only a worker's own
+    assert await queue.recover_orphans(Q, "a", [held], idle=0.01) == 2
+
+    assert await status(client, held.id) == "active"
+    assert [await status(client, j.id) for j in lost] == ["queued", "queued"]
+    assert sorted(await stream_jobs(client, LEVELS - 1)) == sorted(j.id for j in lost)
+    assert (await queue.stats())[Q]["recovered"] == 2
+    # The orphans' old deliveries are fenced off; the held job finishes as usual.
+    assert await queue.finish([Outcome(lost[0], "succeeded", "1"), Outcome(held, "succeeded", "1")]) == [0, 1]
+    again = await fetch_all(queue, "b")
+    assert sorted(j.id for j in again) == sorted(j.id for j in lost)
+
+
 async def poison_jobs(queue: Queue, n: int, task_type: str = "t") -> list[str]:
     """n jobs with no retries whose worker dies on their one attempt: the next fetch buries them."""
     ids = await enqueue_ids(queue, *(spec(i, task_type=task_type, retries=0) for i in range(n)))

@@ -10,11 +10,11 @@ import re
 from importlib import resources
 from typing import Any
 
-import fakeredis
 import pytest
 
 from workqueue.job import Job, JobSpec, Outcome, Status, Tally, Verdict
 from workqueue.store import scripts
+from workqueue.store.connection import embedded
 from workqueue.store.keys import keys_of
 
 LUA = resources.files("workqueue.store").joinpath("lua")
@@ -57,7 +57,7 @@ def test_every_script_file_has_exactly_one_wrapper() -> None:
 def test_keys_and_argv_match_the_scripts_header_and_what_the_wrapper_packs(wrapper: Any) -> None:
     assert header(wrapper.NAME, "KEYS") == list(wrapper.KEYS)
     assert header(wrapper.NAME, "ARGV") == list(wrapper.ARGV)
-    keys, args = wrapper(fakeredis.FakeRedis()).pack(SAMPLES[wrapper.NAME])
+    keys, args = wrapper(embedded()).pack(SAMPLES[wrapper.NAME])
     assert len(keys) == len(wrapper.KEYS) and len(args) == len(wrapper.ARGV)
     # Every key in the queue's hash slot: the same script runs on Redis Cluster.
     assert keys and all("{mail}" in k for k in keys), keys

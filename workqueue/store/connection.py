@@ -12,6 +12,7 @@ now (down, failing over, loading, out of memory) becomes `StoreUnavailable`, any
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -228,6 +229,20 @@ def sentinel(address: Address, timeout: float) -> Connections:
                        sentinels=tuple(c for m in (*managers, threaded_manager) for c in m.sentinels))
 
 
+async def load_script(connections: Connections, source: str) -> None:
+    """Put a script in the cache of the server, or of every node of a cluster, replicas included:
+    a replica promoted later then has it already, and a node that cannot take it now (down, in the
+    middle of a failover) is passed over."""
+    client = connections.main
+    if connections.topology is not Topology.CLUSTER:
+        await client.script_load(source)
+        return
+    await client.initialize()
+    for node in client.get_nodes():
+        with contextlib.suppress(RedisError, RedisClusterException, OSError):
+            await client.execute_command("SCRIPT LOAD", source, target_nodes=node)
+
+
 async def script_then_wait(connections: Connections, sha: str, source: str, keys: list[str], args: list[Any],
                            wait_ms: int) -> tuple[Any, int]:
     """Run a script, then `WAIT 1 wait_ms` on the same connection to the same master: WAIT counts
@@ -235,11 +250,19 @@ async def script_then_wait(connections: Connections, sha: str, source: str, keys
     bare WAIT through a pool or a cluster client lands anywhere) it proves nothing. Returns the
     script's reply and how many replicas confirmed it."""
     if connections.topology is Topology.CLUSTER:
-        node = connections.main.get_node_from_key(keys[0])  # the master serving the keys' slot
-        async with connections.main.places:
+        client = connections.main
+        await client.initialize()  # a cluster client knows no nodes before its first command
+        node = client.get_node_from_key(keys[0])  # the master serving the keys' slot
+        async with client.places:
             connection = node.acquire_connection()
             try:
                 return await pinned(connection, sha, source, keys, args, wait_ms)
+            except (RedisConnectionError, RedisTimeoutError, ResponseError, OSError):
+                # Going around redis-py's command path skips its reaction to a failover: learn
+                # the slots again, so the next call reaches the new master.
+                with contextlib.suppress(RedisError, RedisClusterException, OSError):
+                    await client.nodes_manager.initialize()
+                raise
             finally:
                 node.release(connection)
     pool = connections.main.connection_pool
@@ -252,9 +275,9 @@ async def script_then_wait(connections: Connections, sha: str, source: str, keys
 
 async def pinned(connection: Any, sha: str, source: str, keys: list[str], args: list[Any],
                  wait_ms: int) -> tuple[Any, int]:
-    async def call(*command: Any) -> Any:
+    async def call(*command: Any, timeout: float | None = None) -> Any:
         await connection.send_command(*command)
-        return await connection.read_response()
+        return await connection.read_response(timeout=timeout)
 
     try:
         try:
@@ -262,7 +285,8 @@ async def pinned(connection: Any, sha: str, source: str, keys: list[str], args: 
         except NoScriptError:  # a restart or a promotion emptied the script cache
             await call("SCRIPT", "LOAD", source)
             reply = await call("EVALSHA", sha, len(keys), *keys, *args)
-        acked = await call("WAIT", 1, wait_ms)
+        # WAIT blocks for up to wait_ms by design: read its answer past the socket timeout.
+        acked = await call("WAIT", 1, wait_ms, timeout=wait_ms / 1000 + connection.socket_timeout)
     except BaseException:
         # Cut short (cancelled, or an error): a reply may still be on its way; never reuse it.
         await connection.disconnect(nowait=True)

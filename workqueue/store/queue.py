@@ -52,7 +52,7 @@ class Queue:
         # Any: redis-py annotates each command as `Awaitable[T] | T` for both clients at once.
         self.client: Any = connections.main
         self.retention = retention
-        self.scripts = Scripts.register(self.client, connections.embedded)
+        self.scripts = Scripts.register(connections)
         self.known_queues: set[str] = set()
         # Requests waiting to be enqueued together, per queue, and the task flushing each queue now.
         self.waiting: dict[str, list[Waiting]] = {}
@@ -173,8 +173,9 @@ class Queue:
                            max_length, dry_run)
         if self.replica_wait is None or dry_run:
             return await self.scripts.enqueue(call)
-        results, acked = await self.scripts.enqueue.replicated(call, self.connections, ms(self.replica_wait))
-        if acked < 1 and any(isinstance(r, list) and any(e.created for e in r) for r in results):
+        results, acked = await self.scripts.enqueue.replicated(call, ms(self.replica_wait))
+        # An answer naming an existing job (a repeated idempotency key) waits for a replica too.
+        if acked < 1 and any(isinstance(r, list) for r in results):
             raise ReplicaUnconfirmed(
                 f"no replica of queue {queue!r}'s Redis master confirmed the write within {self.replica_wait:g} s "
                 "(durability = \"replica\"): the job may exist; retry with the same Idempotency-Key")
@@ -220,7 +221,7 @@ class Queue:
             if self.replica_wait is None:
                 verdicts.update(zip(indexes, await self.scripts.finish(call)))
                 continue
-            replies, acked = await self.scripts.finish.replicated(call, self.connections, ms(self.replica_wait))
+            replies, acked = await self.scripts.finish.replicated(call, ms(self.replica_wait))
             verdicts.update(zip(indexes, replies))
             if acked < 1:
                 unconfirmed.append(queue)

@@ -22,10 +22,11 @@ from importlib import resources
 from typing import Any, ClassVar, Generic, NamedTuple, TypeVar
 
 import orjson
+from redis.exceptions import NoScriptError
 
 from ..errors import QueueFull, ValidationError
 from ..job import Job, JobSpec, Outcome, Status, Tally, Verdict
-from .connection import Connections, script_then_wait
+from .connection import Connections, load_script, script_then_wait
 from .keys import GROUP, LEVELS, QueueKeys
 
 LUA = resources.files(__package__).joinpath("lua")
@@ -99,15 +100,18 @@ ReplyT = TypeVar("ReplyT")
 
 
 class Script(Generic[CallT, ReplyT]):
-    """One script, registered on a client (redis-py then runs it by EVALSHA and reloads it if the
-    server lost it). Subclasses name their KEYS and ARGV as the script's header does."""
+    """One script, run by EVALSHA and loaded again wherever Redis lost it (a restart, or a replica
+    promoted with an empty script cache). Subclasses name their KEYS and ARGV as the script's
+    header does."""
 
     NAME: ClassVar[str]
     KEYS: ClassVar[tuple[str, ...]]
     ARGV: ClassVar[tuple[str, ...]]
 
-    def __init__(self, client: Any, embedded: bool = False) -> None:
-        self.runner = client.register_script(source(self.NAME, embedded))
+    def __init__(self, connections: Connections) -> None:
+        self.connections = connections
+        self.source = source(self.NAME, connections.embedded)
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     def pack(self, call: CallT) -> tuple[list[str], list[Any]]:
         raise NotImplementedError
@@ -117,13 +121,19 @@ class Script(Generic[CallT, ReplyT]):
 
     async def __call__(self, call: CallT) -> ReplyT:
         keys, args = self.pack(call)
-        return self.unpack(await self.runner(keys=keys, args=args), call)
+        client = self.connections.main
+        try:
+            reply = await client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await load_script(self.connections, self.source)
+            reply = await client.evalsha(self.sha, len(keys), *keys, *args)
+        return self.unpack(reply, call)
 
-    async def replicated(self, call: CallT, connections: Connections, wait_ms: int) -> tuple[ReplyT, int]:
+    async def replicated(self, call: CallT, wait_ms: int) -> tuple[ReplyT, int]:
         """The same call, followed by a WAIT for one replica on its connection: (reply, replicas
         that confirmed it)."""
         keys, args = self.pack(call)
-        reply, acked = await script_then_wait(connections, self.runner.sha, self.runner.script, keys, args, wait_ms)
+        reply, acked = await script_then_wait(self.connections, self.sha, self.source, keys, args, wait_ms)
         return self.unpack(reply, call), acked
 
 
@@ -378,7 +388,7 @@ class StatsScript(Script[StatsCall, dict[str, Any]]):
 
 @dataclass(slots=True)
 class Scripts:
-    """Every script, registered on one client."""
+    """Every script, on one set of connections."""
 
     enqueue: EnqueueScript
     fetch: FetchScript
@@ -390,10 +400,10 @@ class Scripts:
     stats: StatsScript
 
     @classmethod
-    def register(cls, client: Any, embedded: bool = False) -> Scripts:
-        return cls(EnqueueScript(client, embedded), FetchScript(client, embedded), FinishScript(client, embedded),
-                   PromoteScript(client, embedded), RecoverScript(client, embedded), CancelScript(client, embedded),
-                   RedriveScript(client, embedded), StatsScript(client, embedded))
+    def register(cls, connections: Connections) -> Scripts:
+        return cls(EnqueueScript(connections), FetchScript(connections), FinishScript(connections),
+                   PromoteScript(connections), RecoverScript(connections), CancelScript(connections),
+                   RedriveScript(connections), StatsScript(connections))
 
 
 WRAPPERS: tuple[type[Script[Any, Any]], ...] = (EnqueueScript, FetchScript, FinishScript, PromoteScript,
