@@ -7,6 +7,12 @@ measured with a drop-in plugin exactly like the peers' in-process workers:
     BENCH_EXPECT   jobs the measurement runs (warm-up jobs excluded)
     BENCH_OUT      JSON file written once, when the BENCH_EXPECT-th job ends
     BENCH_WARM     file touched by a warm-up job (the client waits for it before measuring)
+    BENCH_SHARED   (scale scenario) a file of one slot per worker process, mapped by every worker;
+    BENCH_SLOT     this process's slot in it. BENCH_EXPECT is then the jobs of all the processes
+                   together: each handler records its count and last end in its slot, and the process
+                   whose job brings the sum to BENCH_EXPECT writes its BENCH_OUT. The first job of
+                   each process waits (at most BARRIER_S) until every process has its first job, so
+                   the processes' start-up skew is not measured.
 
 Nothing is written per job: handlers only count, keep a timestamp or append one float to a list.
 """
@@ -16,7 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import mmap
 import os
+import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +48,13 @@ def write_json(path: str, data: Any) -> None:
     os.replace(tmp, path)
 
 
+# One worker process's slot in BENCH_SHARED: jobs done, last end, first start, CPU at the first start,
+# ready (1 once the process has its first job). The orchestrator reads the same layout.
+SLOT = struct.Struct("<qdddq")
+SLOT_END = struct.Struct("<qd")  # its first two fields, written at every job's end
+BARRIER_S = 10.0
+
+
 class Recorder:
     """Counts job ends; remembers the first start; dumps everything when the count hits N."""
 
@@ -54,6 +69,17 @@ class Recorder:
         self.ids: set[str] = set()  # job ids, kept only by drivers whose system can run a job twice
         self.dumped = False
         self.lock = threading.Lock()  # only the thread-based worker (dramatiq) uses it
+        shared = os.environ.get("BENCH_SHARED", "")
+        if shared:
+            with open(shared, "r+b") as f:
+                self.shared = mmap.mmap(f.fileno(), 0)
+            self.offset = int(os.environ.get("BENCH_SLOT", "0")) * SLOT.size
+            slots = len(self.shared) // SLOT.size
+            self.counts = struct.Struct("<" + f"q{SLOT.size - 8}x" * slots)  # every slot's `done`
+            self.readies = struct.Struct("<" + f"{SLOT.size - 8}xq" * slots)  # every slot's `ready`
+            # The plugin binds RECORDER.start and .end at import: these instance attributes win.
+            self.start = self.start_shared  # type: ignore[method-assign]
+            self.end = self.end_shared  # type: ignore[method-assign]
 
     def start(self) -> None:
         if self.first_start is None:
@@ -63,6 +89,24 @@ class Recorder:
     def end(self) -> None:
         self.done += 1
         if self.done == self.expect:
+            self.dump()
+
+    def start_shared(self) -> None:
+        """The first job waits (blocking this process's loop) until every process has its first job."""
+        if self.first_start is not None:
+            return
+        SLOT.pack_into(self.shared, self.offset, 0, 0.0, 0.0, 0.0, 1)
+        deadline = time.monotonic() + BARRIER_S
+        while not all(self.readies.unpack_from(self.shared)) and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        self.first_start = time.time()
+        self.cpu_first = cpu_seconds()
+        SLOT.pack_into(self.shared, self.offset, 0, 0.0, self.first_start, self.cpu_first, 1)
+
+    def end_shared(self) -> None:
+        self.done += 1
+        SLOT_END.pack_into(self.shared, self.offset, self.done, time.time())
+        if sum(self.counts.unpack_from(self.shared)) >= self.expect:
             self.dump()
 
     def stamp(self, due: float, warm: bool = False) -> None:
@@ -186,6 +230,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=500.0)
     p.add_argument("--delay", type=float, default=0.0)
     p.add_argument("--warm", default="")
+    p.add_argument("--queues", default="default", help="workqueue only: comma-separated queues, jobs round-robin")
     return p.parse_args(argv)
 
 

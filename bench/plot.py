@@ -59,8 +59,9 @@ def main() -> None:
     fig, axes = plt.subplots(1, 2, figsize=(15, 6.2), gridspec_kw={"width_ratios": [1, 1.15]})
     n = data["config"]["jobs"]
     slots = data["config"]["concurrency"]
-    bars(axes[0], drain_rows, f"Drain: {n:,} queued no-op jobs, 1 worker process, {slots} slots",
-         [wq if name.startswith("workqueue") else peer for name, _ in drain_rows])
+    if drain_rows:  # none in a run of other scenarios only (e.g. --scenarios scale)
+        bars(axes[0], drain_rows, f"Drain: {n:,} queued no-op jobs, 1 worker process, {slots} slots",
+             [wq if name.startswith("workqueue") else peer for name, _ in drain_rows])
     if enq_rows:
         bars(axes[1], enq_rows, "Enqueue: each system's fastest client path",
              [ceil if "ceiling" in name else wq if name.startswith("workqueue") else peer for name, _ in enq_rows])

@@ -5,9 +5,11 @@ Dramatiq, on one private redis-server, with one command from the repository root
     python -m bench --quick              # smoke test: small N, one round (< 2 minutes)
     python -m bench --jobs 20000 --rounds 3 --systems workqueue,saq --scenarios drain
 
-Needs only Python 3.11 and redis-server on the PATH. This file uses the standard library only: it
-creates one virtualenv per system under bench/.venvs (the peers' pins clash, with each other and
-with ours), starts its own redis-server on a free port under bench/.work, and runs each measurement
+Needs only Python 3.11 and redis-server on the PATH (and redis-cli for the scale scenario, which
+also starts a private Redis Cluster of 3 masters under bench/.work/cluster for workqueue alone and
+removes it after each round). This file uses the standard library only: it creates one virtualenv
+per system under bench/.venvs (the peers' pins clash, with each other and with ours), starts its
+own redis-server on a free port under bench/.work, and runs each measurement
 in the systems' own environments, alternating systems round by round (the order rotates each
 round) so machine noise hits them alike. After every run it checks that every job ran and nothing
 is left in Redis, and aborts loudly otherwise. It writes bench/RESULTS.md, bench/results.json and
@@ -28,6 +30,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -159,6 +162,23 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> int:
     return proc.returncode
 
 
+def stop_together(procs: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> list[int]:
+    """SIGTERM every process at once, then wait for each (SIGKILL past the timeout): their exit codes."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc in STARTED:
+            STARTED.remove(proc)
+    return [proc.returncode for proc in procs]
+
+
 def stop_all() -> None:
     for proc in list(STARTED):
         stop(proc, 5.0)
@@ -218,6 +238,123 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], logfile: Path, timeout: f
         if time.monotonic() > deadline:
             raise BenchError(f"{url}: no answer within {timeout:.0f} s:\n{tail(logfile)}")
         time.sleep(0.05)
+
+
+# -- a private Redis Cluster (the scale scenario) --------------------------------------------------
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class Cluster:
+    """A Redis Cluster of `masters` masters and no replicas, from the same redis-server binary, each
+    node in its own directory under bench/.work/cluster, on free ports whose cluster bus port (port +
+    10000) is free too. `nodes` lists the masters by the first slot they own (m1 owns slot 0)."""
+
+    def __init__(self, masters: int) -> None:
+        self.masters = masters
+        self.directory = WORK / "cluster"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.ports: list[int] = []
+        self.nodes: list[tuple[str, int, Redis]] = []  # (m1.., port, client), by first slot
+        self.ranges: dict[str, list[tuple[int, int]]] = {}  # master -> its slot ranges
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for _, p, _ in self.nodes)
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        cli = shutil.which("redis-cli")
+        if binary is None or cli is None:
+            raise BenchError("redis-server and redis-cli must be on the PATH for the cluster")
+        if self.directory.exists():
+            shutil.rmtree(self.directory)
+        taken: set[int] = set()
+        for _ in range(self.masters):
+            for _attempt in range(1000):
+                port = free_port()
+                if port <= 55535 and not {port, port + 10000} & taken and port_free(port + 10000):
+                    break
+            else:
+                raise BenchError("no free port pair (port, port + 10000) for a cluster node")
+            taken |= {port, port + 10000}
+            directory = self.directory / f"node-{port}"
+            directory.mkdir(parents=True)
+            proc = subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+                 "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", str(directory / "redis.log")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            STARTED.append(proc)
+            self.procs.append(proc)
+            self.ports.append(port)
+        clients = {port: self.connect(port, proc) for port, proc in zip(self.ports, self.procs)}
+        create = subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.ports),
+                                 "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, text=True, timeout=60)
+        if create.returncode != 0:
+            raise BenchError(f"redis-cli --cluster create failed:\n{(create.stdout + create.stderr)[-2000:]}")
+        deadline = time.monotonic() + 30
+        while not all("cluster_state:ok" in r("CLUSTER", "INFO") for r in clients.values()):
+            if time.monotonic() > deadline:
+                raise BenchError("the cluster did not reach cluster_state:ok within 30 s")
+            time.sleep(0.1)
+        owned: dict[int, list[tuple[int, int]]] = {}
+        for start, end, master, *_replicas in next(iter(clients.values()))("CLUSTER", "SLOTS"):
+            owned.setdefault(int(master[1]), []).append((start, end))
+        if set(owned) != set(self.ports):
+            raise BenchError(f"CLUSTER SLOTS names masters {sorted(owned)}, expected {self.ports}")
+        for i, port in enumerate(sorted(owned, key=lambda p: min(owned[p])), 1):
+            self.nodes.append((f"m{i}", port, clients[port]))
+            self.ranges[f"m{i}"] = sorted(owned[port])
+        log(f"redis cluster: {self.masters} masters on 127.0.0.1:{', '.join(map(str, self.ports))} (ours, in {self.directory})")
+
+    def connect(self, port: int, proc: subprocess.Popen[bytes]) -> Redis:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                r = Redis(port)
+                r("PING")
+                return r
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise BenchError(f"cluster node {port} did not start:\n"
+                                     f"{tail(self.directory / f'node-{port}' / 'redis.log')}") from None
+                time.sleep(0.05)
+
+    def owner(self, slot: int) -> str:
+        return next(m for m, ranges in self.ranges.items() if any(a <= slot <= b for a, b in ranges))
+
+    def spread_queues(self, per_master: int) -> dict[str, str]:
+        """Queue names q0, q1, ... in turn, each kept if its hash tag's slot is on a master that has
+        fewer than `per_master` yet: name -> master."""
+        r = self.nodes[0][2]
+        chosen: dict[str, str] = {}
+        for i in range(10_000):
+            name = f"q{i}"
+            master = self.owner(r("CLUSTER", "KEYSLOT", "{" + name + "}"))
+            if list(chosen.values()).count(master) < per_master:
+                chosen[name] = master
+            if len(chosen) == per_master * len(self.nodes):
+                return chosen
+        raise BenchError("could not spread the queues over the masters")
+
+    def flush(self) -> None:
+        for _, _, r in self.nodes:
+            r("FLUSHALL")
+
+    def stop(self) -> None:
+        for _, _, r in self.nodes:
+            r.close()
+        for proc in self.procs:
+            stop(proc, 5.0)
+        shutil.rmtree(self.directory, ignore_errors=True)
+        log("redis cluster: stopped and removed")
 
 
 # -- environments ----------------------------------------------------------------------------------
@@ -281,7 +418,8 @@ def setup_envs(names: list[str], wq_python: str | None) -> dict[str, Env]:
 
 # -- systems ---------------------------------------------------------------------------------------
 
-SCENARIOS = ("drain", "sleep", "latency", "delayed", "enqueue")
+SCENARIOS = ("drain", "sleep", "latency", "delayed", "enqueue", "scale")  # the default run, in this order
+NOT_IN_QUICK = ("scale",)  # left out of --quick unless named in --scenarios
 
 
 @dataclass
@@ -299,7 +437,7 @@ class System:
 
 SYSTEMS = [
     System("workqueue", "workqueue", "workqueue", "workqueue_sys.py", variant="batch",
-           scenarios=("drain", "sleep", "latency", "delayed", "enqueue"), fill_clients=2,
+           scenarios=("drain", "sleep", "latency", "delayed", "enqueue", "scale"), fill_clients=2,
            fill_note="Queue.enqueue in-process, batches of 500, 2 concurrent"),
     System("workqueue-logging", "workqueue (default logging)", "workqueue", "workqueue_sys.py", variant="batch",
            scenarios=("drain",), fill_clients=2, fill_note="Queue.enqueue in-process, batches of 500, 2 concurrent"),
@@ -312,6 +450,34 @@ SYSTEMS = [
     System("dramatiq", "Dramatiq (threads)", "dramatiq", "dramatiq_sys.py", fill_clients=4,
            fill_note="send, 4 threads (no batched enqueue)"),
 ]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """One configuration of the scale scenario (workqueue only)."""
+    key: str
+    label: str
+    masters: int  # 0: the bench's one redis-server; else a Redis Cluster of that many masters
+    workers: int  # worker processes, each with the drain's concurrency
+
+
+SCALE = [
+    Scale("server-1w", "one server, 1 worker process", 0, 1),
+    Scale("server-2w", "one server, 2 worker processes", 0, 2),
+    Scale("cluster3-2w", "Redis Cluster, 3 masters, 2 worker processes", 3, 2),
+    Scale("cluster3-3w", "Redis Cluster, 3 masters, 3 worker processes", 3, 3),
+]
+SCALE_QUEUES_PER_MASTER = 2
+SCALE_QUEUES = 6
+# A worker process's slot in the shared timing file: as bench/benchlib.py's SLOT (done, last end,
+# first start, CPU at the first start, ready).
+SLOT = struct.Struct("<qdddq")
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, from /proc/<pid>/stat (as benchlib.cpu_seconds)."""
+    fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -378,9 +544,9 @@ class Bench:
         self.r("FLUSHDB")
 
     # -- helpers ---------------------------------------------------------------------------------
-    def driver(self, system: System, command: str, *extra: str) -> list[str]:
+    def driver(self, system: System, command: str, *extra: str, url: str | None = None) -> list[str]:
         return [str(self.envs[system.env].python), str(BENCH / "systems" / system.driver), command,
-                "--redis", self.url, "--variant", system.variant, *extra]
+                "--redis", url or self.url, "--variant", system.variant, *extra]
 
     def logpath(self, system: System, scenario: str, what: str) -> Path:
         return WORK / "logs" / f"r{self.round}-{scenario}-{system.key}-{what}.log"
@@ -404,13 +570,17 @@ class Bench:
         env = {"BENCH_EXPECT": str(expect), "BENCH_OUT": str(out), "BENCH_WARM": str(warm or "")}
         logfile = self.logpath(system, scenario, "worker")
         if system.env == "workqueue":
-            cmd = [str(self.envs["workqueue"].python), "-m", "workqueue", "--role", "worker", "--redis", self.url,
-                   "--concurrency", str(self.cfg.concurrency), "--plugins", str(BENCH / "plugins"),
-                   "--config", str(self.wq_config(quiet=system.key != "workqueue-logging")),
-                   "--port", str(free_port())]
+            cmd = self.wq_worker_cmd(self.url, self.wq_config(quiet=system.key != "workqueue-logging"))
         else:
             cmd = self.driver(system, "worker", "--concurrency", str(self.cfg.concurrency))
         return spawn(cmd, logfile, env), logfile
+
+    def wq_worker_cmd(self, url: str, config: Path, queues: list[str] | None = None) -> list[str]:
+        """The real `python -m workqueue --role worker`, with the bench's drop-in plugin."""
+        return [str(self.envs["workqueue"].python), "-m", "workqueue", "--role", "worker", "--redis", url,
+                "--concurrency", str(self.cfg.concurrency), "--plugins", str(BENCH / "plugins"),
+                "--config", str(config), "--port", str(free_port()),
+                *(["--queues", ",".join(queues)] if queues else [])]
 
     def finish_worker(self, system: System, proc: subprocess.Popen[bytes], out: Path, logfile: Path, expect: int, what: str) -> int:
         """Stop the worker; returns how many handler runs there were beyond one per job."""
@@ -619,6 +789,126 @@ class Bench:
         rate = float(next(line for line in text.splitlines() if line.startswith("Requests/sec")).split()[1])
         return rate, count
 
+    # -- scale: worker processes and Redis Cluster masters (workqueue only) ----------------------------
+    def scale(self, system: System) -> None:
+        """The drain over 6 queues: one server with 1 and 2 worker processes, then a Redis Cluster of
+        3 masters (2 queues each) with 2 and 3. The cluster is started for the round and removed after."""
+        shift = (self.round - 1) % len(SCALE)
+        order = SCALE[shift:] + SCALE[:shift]
+        cluster = None
+        t0 = time.monotonic()
+        try:
+            masters = {c.masters for c in order if c.masters}
+            if masters:
+                (count,) = masters
+                cluster = Cluster(count)
+                cluster.start()
+            for c in order:
+                self.scale_run(system, c, cluster if c.masters else None)
+        finally:
+            if cluster is not None:
+                cluster.stop()
+        log(f"  scale    round {self.round}: {time.monotonic() - t0:.0f} s with the cluster's start and stop")
+
+    def scale_run(self, system: System, c: Scale, cluster: Cluster | None) -> None:
+        n, what = self.cfg.jobs, f"scale {c.label}"
+        assert self.r is not None
+        if cluster is not None:
+            url, placement = cluster.url, cluster.spread_queues(SCALE_QUEUES_PER_MASTER)
+            nodes = [(name, r) for name, _, r in cluster.nodes]
+            cluster.flush()
+        else:
+            url, placement = self.url, {f"q{i}": "server" for i in range(SCALE_QUEUES)}
+            nodes = [("server", self.r)]
+            self.flush()
+        queues = list(placement)
+        qarg = ["--queues", ",".join(queues)]
+        fill = run_json(self.driver(system, "fill", "--kind", "noop", "--n", str(n), "--clients",
+                                    str(system.fill_clients), *qarg, url=url),
+                        f"{what}: enqueue", 600, self.logpath(system, "scale", f"{c.key}-fill"))
+        shared = WORK / "out" / f"scale-{c.key}.slots"
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        shared.write_bytes(bytes(SLOT.size * c.workers))
+        outs = [WORK / "out" / f"scale-{c.key}-w{i}.json" for i in range(c.workers)]
+        for out in outs:
+            out.unlink(missing_ok=True)
+        config = self.wq_config(quiet=True)
+        before = [redis_counters(r) for _, r in nodes]
+        procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+        for i, out in enumerate(outs):
+            logfile = self.logpath(system, "scale", f"{c.key}-worker{i + 1}")
+            env = {"BENCH_EXPECT": str(n), "BENCH_OUT": str(out), "BENCH_WARM": "", "BENCH_SHARED": str(shared),
+                   "BENCH_SLOT": str(i)}
+            procs.append((spawn(self.wq_worker_cmd(url, config, queues), logfile, env), logfile))
+        try:
+            timeout = 60 + n / 100
+            deadline = time.monotonic() + timeout
+            while not (any(out.exists() for out in outs)
+                       and sum(SLOT.unpack_from(shared.read_bytes(), i * SLOT.size)[0] for i in range(c.workers)) >= n):
+                for proc, logfile in procs:
+                    if proc.poll() is not None:
+                        raise BenchError(f"{what}: a worker exited with {proc.returncode} before the end:\n{tail(logfile)}")
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{what}: not finished within {timeout:.0f} s (jobs lost or stuck?):\n"
+                                     f"{tail(procs[0][1])}")
+                time.sleep(0.005)
+            cpu_now = [proc_cpu_seconds(proc.pid) for proc, _ in procs]
+            after = [redis_counters(r) for _, r in nodes]
+            raw = shared.read_bytes()
+            slots = [SLOT.unpack_from(raw, i * SLOT.size) for i in range(c.workers)]
+            check = self.scale_settle(system, [p for p, _ in procs], url, queues, n, what)
+        finally:
+            stop_together([proc for proc, _ in procs])
+        done = [s[0] for s in slots]
+        first_start = min(s[2] for s in slots)
+        last_end = max(s[1] for s in slots)
+        cpu = 0.0
+        for i, out in enumerate(outs):
+            # The process whose job was the N-th wrote its own CPU then; the others' is read from /proc just after.
+            cpu_last = json.loads(out.read_text())["cpu_last"] if out.exists() else cpu_now[i]
+            cpu += cpu_last - slots[i][3]
+        if min(done) == 0 or first_start <= 0:
+            raise BenchError(f"{what}: a worker process ran no job ({done})")
+        elapsed = last_end - first_start
+        costs = {name: counter_delta(b, a) for (name, _), b, a in zip(nodes, before, after)}
+        data: dict[str, Any] = {
+            "rate": n / elapsed, "seconds": elapsed, "enqueue_rate": n / fill["seconds"],
+            "workers": c.workers, "masters": c.masters, "cpu_per_10k": cpu / n * 10_000,
+            "redis_cpu_us_per_job": sum(cost["cpu"] for cost in costs.values()) / n * 1e6,
+            "redis_commands_per_job": sum(cost["commands"] for cost in costs.values()) / n,
+            **{f"redis_cpu_us_per_job_{name}": cost["cpu"] / n * 1e6 for name, cost in costs.items()},
+            "jobs_per_worker": done, "placement": placement, "extra_runs": max(0, sum(done) - n), "verify": check,
+        }
+        if cluster is not None:
+            data["slot_ranges"] = cluster.ranges
+        self.results["scale"].setdefault(c.key, []).append(data)
+        self.runs += 1
+        per_redis = " / ".join(f"{data[f'redis_cpu_us_per_job_{name}']:.1f}" for name in costs)
+        log(f"  scale    {c.label:<46} {data['rate']:>9,.0f} jobs/s   worker cpu {data['cpu_per_10k']:.2f} s/10k   "
+            f"redis cpu {per_redis} µs/job   {data['redis_commands_per_job']:.2f} cmd/job   jobs per worker {done}")
+
+    def scale_settle(self, system: System, procs: list[subprocess.Popen[bytes]], url: str, queues: list[str],
+                     total: int, what: str) -> dict[str, Any]:
+        """As settle(): wait (workers running) until Redis shows every job finished on every queue,
+        stop the workers, and check again."""
+        cmd = self.driver(system, "verify", "--n", str(total), "--queues", ",".join(queues), url=url)
+        logfile = self.logpath(system, "scale", "verify")
+        deadline = time.monotonic() + 30
+        while not (answer := run_json(cmd, f"{what}: verify", 120, logfile)).get("ok"):
+            if any(p.poll() is not None for p in procs):
+                raise BenchError(f"{what}: a worker exited, jobs unaccounted for: {answer}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"{what}: jobs unaccounted for in Redis 30 s after the last one ran: {answer}")
+            time.sleep(0.2)
+        for code in stop_together(procs):
+            if code not in (0, -signal.SIGTERM):
+                log(f"  note: {what}: a worker exited with {code} after the run")
+        answer = run_json(cmd, f"{what}: verify", 120, logfile)
+        if not answer.get("ok"):
+            raise BenchError(f"{what}: jobs unaccounted for in Redis after the run: {answer}")
+        self.verified += 1
+        return answer
+
     # -- the whole run ---------------------------------------------------------------------------------
     def run(self) -> None:
         for number in range(1, self.cfg.rounds + 1):
@@ -731,7 +1021,7 @@ def enqueue_summary(agg: dict[str, Any]) -> dict[str, dict[str, float]]:
 def write_report(path: Path, agg: dict[str, Any], cfg: Config, envs: dict[str, Env], info: dict[str, str],
                  started: dt.datetime, seconds: float, command: str, runs: int, verified: int,
                  raw: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
-    labels = {s.key: s.label for s in SYSTEMS}
+    labels = {s.key: s.label for s in SYSTEMS} | {c.key: f"workqueue ({c.label})" for c in SCALE}
     order = [s.key for s in SYSTEMS]
     L: list[str] = []
     add = L.append
@@ -874,6 +1164,8 @@ def write_report(path: Path, agg: dict[str, Any], cfg: Config, envs: dict[str, E
             "from just before the worker starts to its last job (so they include its start-up). Commands run inside "
             "Lua scripts count in commandstats; socket reads approximate client round trips.\n")
 
+    scale_section(add, agg.get("scale", {}), raw.get("scale", {}), cfg, info["cpus"])
+
     # Targets of issue 6.
     add("## Targets of issue 6\n")
     add("| target | measured (median) | met |")
@@ -961,6 +1253,68 @@ def write_report(path: Path, agg: dict[str, Any], cfg: Config, envs: dict[str, E
     return text
 
 
+def scale_section(add: Any, data: dict[str, Any], raw: dict[str, list[dict[str, Any]]], cfg: Config, cpus: str) -> None:
+    """The scale scenario's table (absent from older results.json files: then nothing)."""
+    if not data:
+        return
+    add("## Scale: worker processes and Redis Cluster masters\n")
+    add(f"workqueue only (the peers do not support Redis Cluster). {cfg.jobs:,} queued no-op jobs spread round-robin "
+        f"over {SCALE_QUEUES} queues, drained by worker processes each serving all {SCALE_QUEUES} queues with "
+        f"{cfg.concurrency} slots (`python -m workqueue --role worker --queues ...`, log_level warning), started together; "
+        "on one server (the bench's redis-server) or on a private Redis Cluster of 3 masters without replicas, whose "
+        f"queue names are picked so that each master holds {SCALE_QUEUES_PER_MASTER} queues.\n")
+    base = data.get("server-1w", {}).get("rate", {}).get("median")
+    add("| configuration | jobs/s | ratio to 1 process on one server | worker CPU s / 10k jobs (all worker processes) | "
+        "Redis CPU µs / job, per Redis process | total Redis CPU µs / job | Redis commands / job |")
+    add("|---|---:|---:|---:|---:|---:|---:|")
+    for c in SCALE:
+        if c.key not in data:
+            continue
+        d = data[c.key]
+        names = sorted(m.removeprefix("redis_cpu_us_per_job_") for m in d if m.startswith("redis_cpu_us_per_job_"))
+        per = " / ".join(f"{n} {fmt(d[f'redis_cpu_us_per_job_{n}']['median'], 1)}" if n != "server" else
+                         fmt(d[f"redis_cpu_us_per_job_{n}"]["median"], 1) for n in names)
+        rate = d["rate"]["median"]
+        add(f"| {c.label} | {cell(d['rate'])} | {'—' if c.key == 'server-1w' else ratio(rate, base)} | "
+            f"{cell(d['cpu_per_10k'], 2)} | {per} | {cell(d['redis_cpu_us_per_job'], 1)} | "
+            f"{cell(d.get('redis_commands_per_job'), 2)} |")
+    add("")
+    placement = next((run for c in SCALE if c.masters for run in raw.get(c.key, []) if run.get("slot_ranges")), None)
+    if placement:
+        by_master: dict[str, list[str]] = {}
+        for queue, master in placement["placement"].items():
+            by_master.setdefault(master, []).append(queue)
+        add("Queues on the cluster's masters: " + "; ".join(
+            f"{m} (slots {', '.join(f'{a}–{b}' for a, b in placement['slot_ranges'][m])}): {', '.join(qs)}"
+            for m, qs in sorted(by_master.items())) + ". One server: q0–q5.\n")
+    add("Rate from the first job's start in any worker process to the last job's end in any, taken in the handlers: "
+        "each process keeps its count, first start and last end in its own slot of a shared file, the first job of "
+        "each process waits until every process has its first job (so start-up skew between processes is not "
+        "measured), and the process whose job is the N-th overall writes its file. Worker CPU is each process's "
+        "user + system time from its first job to the end (the last process's own reading; the others' read from "
+        "/proc just after), summed over the processes. Redis CPU is INFO cpu (used_cpu_sys + used_cpu_user) per "
+        "Redis process, from just before the workers start to the last job; commands are INFO commandstats summed "
+        "over the Redis processes. After every run the orchestrator checks every queue in Redis (through "
+        "redis+cluster:// for the cluster): N done in all and nothing waiting, active, scheduled or dead.\n")
+    server = data.get("server-1w", {}).get("redis_cpu_us_per_job", {}).get("median")
+    busiest = max((v["median"] for c in SCALE if c.masters and c.key in data
+                   for m, v in data[c.key].items() if m.startswith("redis_cpu_us_per_job_m")), default=None)
+    worker = data.get("server-1w", {}).get("cpu_per_10k", {}).get("median")
+    busy = [(c.label, d["rate"]["median"] * (d["cpu_per_10k"]["median"] / 1e4 + d["redis_cpu_us_per_job"]["median"] / 1e6))
+            for c in SCALE if (d := data.get(c.key))]
+    add(f"What this machine can and cannot show: every process (worker processes, Redis processes) shares the same "
+        f"{cpus} cores, so once they are busy more processes cannot raise jobs/s: the rates above show how the "
+        "processes share these cores, not how workqueue scales on a machine with a core per process. Cores kept busy "
+        "(rate × (worker + Redis CPU per job)): " + "; ".join(f"{label} {b:.2f}" for label, b in busy) + ". "
+        "The transferable figures are the CPU per job: each Redis master's and the worker processes'.")
+    if server and busiest and worker:
+        add(f"From CPU alone, with a core per process: one server would saturate at about {1e6 / server:,.0f} jobs/s "
+            f"(1 / {server:.1f} µs), a 3-master cluster at about {1e6 / busiest:,.0f} jobs/s (its busiest master's "
+            f"{busiest:.1f} µs per job of the whole drain), and each worker process adds about {1e4 / worker:,.0f} jobs/s "
+            f"(1 / {worker / 1e4 * 1e6:.0f} µs, one server, 1 process); these are upper bounds that ignore round trips and waiting.")
+    add("")
+
+
 def flatten_calls(results: dict[str, dict[str, list[dict[str, Any]]]]) -> None:
     """Per-command Redis call counts per job become numeric metrics, so they aggregate like the rest."""
     for runs in results.get("drain", {}).values():
@@ -989,7 +1343,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wrk-seconds", type=float, default=5.0)
     p.add_argument("--no-wrk", action="store_true", help="skip wrk even if it is installed")
     p.add_argument("--systems", default=",".join(s.key for s in SYSTEMS), help="comma-separated subset")
-    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated subset")
+    p.add_argument("--scenarios", help=f"comma-separated subset of {','.join(SCENARIOS)} (default: all; with --quick "
+                                       f"all but {','.join(NOT_IN_QUICK)})")
     p.add_argument("--wq-python", help="a python that already has workqueue installed (default: bench/.venvs/workqueue)")
     p.add_argument("--setup-only", action="store_true", help="create the environments and stop")
     p.add_argument("--out", default=str(BENCH), help="where RESULTS.md, results.json and results.png go")
@@ -1008,9 +1363,15 @@ def main(argv: list[str] | None = None) -> int:
         args.latency_jobs, args.delayed_jobs, args.http_jobs, args.wrk_seconds = 250, 100, 2000, 1.0
     keys = [k.strip() for k in args.systems.split(",") if k.strip()]
     unknown = [k for k in keys if k not in {s.key for s in SYSTEMS}]
-    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    default_scenarios = [s for s in SCENARIOS if not (args.quick and s in NOT_IN_QUICK)]
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()] if args.scenarios else default_scenarios
     if unknown or any(s not in SCENARIOS for s in scenarios):
         p.error(f"unknown system or scenario: {unknown or scenarios}")
+    if "scale" in scenarios and "workqueue" in keys and shutil.which("redis-cli") is None:
+        if args.scenarios:
+            p.error("the scale scenario needs redis-cli (to create its Redis Cluster) on the PATH")
+        scenarios.remove("scale")
+        log("redis-cli is not installed: the scale scenario (Redis Cluster) is left out")
     systems = [s for s in SYSTEMS if s.key in keys]
     use_wrk = shutil.which("wrk") is not None and not args.no_wrk
     cfg = Config(args.jobs, args.rounds, args.concurrency, args.sleep_jobs, args.latency_jobs, args.rate,

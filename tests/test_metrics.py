@@ -24,6 +24,9 @@ from workqueue.plugins import TaskType
 
 Client = TestClient[Any, Any]
 
+# Every test here runs on one server, on the Redis Cluster and on the Sentinel group.
+pytestmark = pytest.mark.topologies
+
 SEED_METRICS = ("total_jobs_in_queue", "jobs_done", "jobs_failed")
 # What Prometheus 2.x/3.x sends when it scrapes.
 PROMETHEUS_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"

@@ -148,15 +148,17 @@ def cluster_port() -> int:
 
 
 def start_cluster(directory: Path, masters: int = 3, replicas: int = 1, *extra: str) -> Cluster:
-    nodes = [start_redis(directory / f"node{i}", cluster_port(), *cluster_options(extra))
-             for i in range(masters * (1 + replicas))]
-    cluster = Cluster(directory, nodes, extra)
+    cluster = Cluster(directory, [], extra)
     try:
+        for i in range(masters * (1 + replicas)):
+            cluster.nodes.append(start_redis(directory / f"node{i}", cluster_port(), *cluster_options(extra)))
+        nodes = cluster.nodes
         cli("--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes), "--cluster-replicas", str(replicas),
             "--cluster-yes")
         wait_for(cluster.healthy, 30, "the cluster to be ok on every node")
         wait_for(lambda: len(cluster.masters()) == masters, 30, "every master to serve its slots")
-        wait_for(lambda: all(replicas_synced(port) for port in cluster.masters()), 30, "replicas to sync")
+        if replicas:
+            wait_for(lambda: all(replicas_synced(port) for port in cluster.masters()), 30, "replicas to sync")
     except BaseException:
         cluster.stop()
         raise
@@ -230,8 +232,12 @@ class SentinelGroup:
 
 def start_sentinel_group(directory: Path) -> SentinelGroup:
     master = start_redis(directory / "master", None, "--repl-diskless-sync-delay", "0")
-    replica = start_redis(directory / "replica", None, "--replicaof", "127.0.0.1", str(master.port),
-                          "--repl-diskless-sync-delay", "0")
+    try:
+        replica = start_redis(directory / "replica", None, "--replicaof", "127.0.0.1", str(master.port),
+                              "--repl-diskless-sync-delay", "0")
+    except BaseException:
+        stop_redis(master)
+        raise
     group = SentinelGroup(directory, master, replica)
     binary = shutil.which("redis-server")
     assert binary is not None

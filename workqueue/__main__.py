@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -41,19 +42,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"workqueue: {e}", file=sys.stderr)
         return 2
 
-    async def announce(app: web.Application) -> AsyncIterator[None]:
-        # Last of the cleanup contexts: printed once everything before it has started.
+    def announce(_: str) -> None:
+        # run_app calls this once it listens: a start-up failure before then prints only its own line.
         print(f"workqueue: {settings.role} on http://{settings.host}:{settings.port} "
               f"({', '.join(sorted(tasks)) or 'no task types'})", file=sys.stderr, flush=True)
-        yield
 
-    app.cleanup_ctx.append(announce)
     try:
-        web.run_app(app, host=settings.host, port=settings.port, print=None, access_log=None,
+        web.run_app(app, host=settings.host, port=settings.port, print=announce, access_log=None,
                     shutdown_timeout=5, handle_signals=True)
     except ConfigError as e:  # found at start-up, once Redis could be asked
         print(f"workqueue: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise
+        print(f"workqueue: cannot listen on {settings.host}:{settings.port} ({e.strerror or e}); "
+              "choose another --port or --host, or stop what uses it", file=sys.stderr)
+        return 1
     sys.stdout.flush()
     sys.stderr.flush()
     # A thread still running an abandoned plain-function handler would hold the interpreter open

@@ -56,6 +56,7 @@ class Settings:
     priority_fairness: int = 10
     redis_timeout: float = 2.0
     durability: str = "primary"  # or "replica": a write counts once a replica confirmed it
+    strict_redis: bool = False  # refuse to start on a Redis that can lose jobs (an evicting policy)
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     schedule: tuple[Schedule, ...] = ()  # parsed once, here
 
@@ -156,6 +157,8 @@ def convert(name: str, value: Any) -> Any:
     try:
         if kind == "int":
             return to_int(value)
+        if kind == "bool":
+            return to_bool(value)
         if kind == "float":
             return to_float(value)
         if kind == "str":
@@ -195,6 +198,14 @@ def to_int(value: Any) -> int:
         except ValueError:
             raise ValueError("expected an integer") from None
     raise TypeError("expected an integer")
+
+
+def to_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise TypeError("expected true or false")
 
 
 def to_float(value: Any) -> float:

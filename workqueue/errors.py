@@ -7,6 +7,7 @@
     ├── PermanentError      raised by a handler: the job fails now, without retrying
     ├── StoreError          Redis answered with an error workqueue did not expect; HTTP 500
     │   └── StoreUnavailable  Redis cannot be reached right now; HTTP 503 with Retry-After
+    │       ├── StoreOutOfMemory    Redis is at its maxmemory and refused the write whole
     │       └── ReplicaUnconfirmed  durability = "replica" and no replica confirmed a write in time
     └── QueueFull           the queue is at its max_length; HTTP 503 with Retry-After
 
@@ -45,6 +46,12 @@ class StoreError(WorkqueueError):
 
 class StoreUnavailable(StoreError):
     """Redis did not answer; the operation had no effect and may be retried."""
+
+
+class StoreOutOfMemory(StoreUnavailable):
+    """Redis reached its `maxmemory` and refused a write; nothing of it was done (every script is
+    refused whole, never run half-way). It passes once jobs finish and their records expire, or
+    when Redis is given more memory."""
 
 
 class ReplicaUnconfirmed(StoreUnavailable):

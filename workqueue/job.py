@@ -109,6 +109,7 @@ class Outcome:
     retry_at: float = 0.0  # epoch seconds, for RETRYING
     wait: float = 0.0  # seconds from due to the real start (not the fetch: jobs may be fetched ahead)
     run: float = 0.0  # seconds the attempt ran
+    traceback: str = ""  # of a handler's exception: for logs.txt only, never stored with the job
 
 
 @dataclass(frozen=True, slots=True)

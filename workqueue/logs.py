@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiofiles
 import orjson
 
+from .errors import ConfigError
 from .job import rfc3339
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
@@ -66,6 +67,13 @@ class EventLog:
             self.loop.call_soon_threadsafe(self.wakeup.set)
 
     def start(self) -> None:
+        """Start the writer; ConfigError naming log_path if the file cannot be opened for appending."""
+        try:
+            with open(self.path, "ab"):
+                pass
+        except OSError as e:
+            raise ConfigError(f"log_path: cannot open {self.path} for appending ({e.strerror}); "
+                              "give a writable path") from e
         self.loop = asyncio.get_running_loop()
         self.loop_thread = threading.get_ident()
         self.task = asyncio.create_task(self.write_forever(), name="workqueue-log-writer")

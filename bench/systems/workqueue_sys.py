@@ -2,9 +2,13 @@
 end-of-run check. The worker is the real `python -m workqueue --role worker`, with the drop-in
 plugin bench/plugins/benchtasks; the orchestrator starts it.
 
-    fill    N jobs of --kind, in batches of --batch (variant "batch") or one per call ("single")
+    fill    N jobs of --kind, in batches of --batch (variant "batch") or one per call ("single"),
+            spread round-robin over --queues (comma-separated, default "default": job i goes to
+            queue i mod the number of queues; a batch holds one queue's jobs)
     steady  stamp jobs at --rate per second, each with --delay seconds (0: at once)
-    verify  every job succeeded and nothing is left waiting, running or scheduled
+    verify  every job succeeded and nothing is left waiting, running or scheduled, summed over --queues
+
+--redis may be any URL workqueue takes, redis+cluster://h:p,h:p,... included.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from workqueue.store import Queue, Retention
 DEFAULTS = Settings()
 
 
-def spec(kind: str, payload: dict, run_at: float | None = None) -> JobSpec:
-    return JobSpec(type=kind, payload=payload, retries=DEFAULTS.default_retries, queue="default",
+def spec(kind: str, payload: dict, run_at: float | None = None, queue: str = "default") -> JobSpec:
+    return JobSpec(type=kind, payload=payload, retries=DEFAULTS.default_retries, queue=queue,
                    timeout=DEFAULTS.default_timeout, run_at=run_at)
 
 
@@ -35,17 +39,23 @@ async def main() -> None:
     queue = Queue.open(args.redis, 10.0, Retention(DEFAULTS.result_ttl, DEFAULTS.dead_ttl, DEFAULTS.dead_max,
                                                    DEFAULTS.idempotency_ttl))
     try:
+        names = [q.strip() for q in args.queues.split(",") if q.strip()]
         if args.command == "fill":
-            await queue.ensure_queue("default")
+            for name in names:
+                await queue.ensure_queue(name)
             if args.variant == "single":
                 async def one(i: int) -> None:
-                    await queue.enqueue([spec(args.kind, {"i": i})], {})
+                    await queue.enqueue([spec(args.kind, {"i": i}, queue=names[i % len(names)])], {})
                 seconds = await pooled(args.n, args.clients, one)
             else:
-                batches = [range(s, min(s + args.batch, args.n)) for s in range(0, args.n, args.batch)]
+                # Each queue's jobs (i mod len(names)) in batches of --batch, the queues' batches interleaved.
+                per_queue = [[range(q, args.n, len(names))[s:s + args.batch] for s in range(0, args.n, args.batch)]
+                             for q in range(len(names))]
+                batches = [(q, b) for round_ in zip(*per_queue) for q, b in enumerate(round_) if b]
 
                 async def one(b: int) -> None:
-                    await queue.enqueue([spec(args.kind, {"i": i}) for i in batches[b]], {})
+                    q, jobs = batches[b]
+                    await queue.enqueue([spec(args.kind, {"i": i}, queue=names[q]) for i in jobs], {})
                 seconds = await pooled(len(batches), args.clients, one)
             emit({"n": args.n, "seconds": seconds})
         elif args.command == "steady":
@@ -57,10 +67,18 @@ async def main() -> None:
                 await queue.enqueue([spec("stamp", {"i": i, "due": due}, run_at)], {})
             emit(await steady(args.n, args.rate, args.delay, one))
         elif args.command == "verify":
-            row = (await queue.stats()).get("default", {})
-            left = {k: row.get(k) for k in ("waiting", "active", "scheduled", "dead")}
-            ok = row.get("done") == args.n and not any(left.values())
-            emit({"ok": ok, "done": row.get("done"), "enqueued": row.get("enqueued"), **left})
+            stats = await queue.stats()
+            rows = [stats.get(name, {}) for name in names]
+            if len(names) == 1:  # as before: None where the queue has no such counter yet
+                row = rows[0]
+                done, enqueued = row.get("done"), row.get("enqueued")
+                left = {k: row.get(k) for k in ("waiting", "active", "scheduled", "dead")}
+            else:
+                done, enqueued = (sum(r.get(k) or 0 for r in rows) for k in ("done", "enqueued"))
+                left = {k: sum(r.get(k) or 0 for r in rows) for k in ("waiting", "active", "scheduled", "dead")}
+            ok = done == args.n and not any(left.values())
+            per_queue = {"per_queue": {name: r.get("done") for name, r in zip(names, rows)}} if len(names) > 1 else {}
+            emit({"ok": ok, "done": done, "enqueued": enqueued, **left, **per_queue})
         else:
             raise SystemExit("workqueue's worker is `python -m workqueue --role worker`")
     finally:

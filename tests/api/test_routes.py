@@ -9,6 +9,7 @@ Redis itself.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -492,3 +493,31 @@ async def test_memory_store_with_role_both_runs_a_job_and_reports_it(make_client
     metrics = await get_metrics(client)
     assert (metrics["jobs_done"], metrics["total_jobs_in_queue"], metrics["jobs_failed"]) == (1, 0, 0)
     assert (await client.get("/readyz")).status == 200
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"type": "send_email", "payload": {"to": "a@example.com", "subject": "s", "n": 2**64}}, "payload.n"),
+    ({"type": "send_email", "payload": {"to": "a@example.com", "subject": "s", "n": [1, -(2**63) - 1]}},
+     "payload.n[1]"),
+    ([{"type": "send_email", "payload": {"to": "a@example.com", "subject": "s"}},
+      {"type": "send_email", "payload": {"to": "a@example.com", "subject": "s"}, "retries": 10**30}], "[1].retries"),
+])
+async def test_an_integer_beyond_64_bits_is_422_naming_the_field_and_enqueues_nothing(
+    start_api: StartApi, redis_sync: Any, body: Any, field: str
+) -> None:
+    client = await start_api()
+    # Python's json writes every digit (orjson would refuse the larger ones).
+    response = await client.post("/enqueue", data=json.dumps(body), headers={"Content-Type": "application/json"})
+    answer = await response.json()
+    assert response.status == 422, answer
+    assert answer["error"].startswith(f"{field}: an integer outside the signed 64-bit range"), answer
+    await assert_nothing_enqueued(client, redis_sync)
+
+
+async def test_integers_at_the_64_bit_limits_and_large_floats_are_kept_exactly(start_api: StartApi) -> None:
+    client = await start_api(role="producer")
+    payload = {"to": "a@example.com", "subject": "s", "big": 2**63 - 1, "small": -(2**63), "float": 1e20}
+    response = await client.post("/enqueue", json={"type": "send_email", "payload": payload})
+    assert response.status == 202, await response.text()
+    job = await (await client.get(f"/jobs/{(await response.json())['id']}")).json()
+    assert (job["payload"]["big"], job["payload"]["small"], job["payload"]["float"]) == (2**63 - 1, -(2**63), 1e20)

@@ -3,13 +3,18 @@ figures are reported (printed, and appended to $WORKQUEUE_FIGURES when set, for 
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+
+from tests.conftest import RedisServer, start_redis, stop_redis
 
 
 @pytest.fixture(autouse=True)
@@ -34,3 +39,21 @@ def figures(request: pytest.FixtureRequest) -> Callable[..., None]:
                 f.write(orjson.dumps(line) + b"\n")
 
     return report
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """redis-servers of this test's own (restarted, stopped, paused at will); all stopped at the end."""
+    started_servers: list[RedisServer] = []
+
+    def start(*extra: str, port: int | None = None, name: str = "redis") -> RedisServer:
+        server = start_redis(tmp_path / name, port, *extra)
+        started_servers.append(server)
+        return server
+
+    yield start
+    for server in started_servers:
+        if server.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server.process.pid, signal.SIGCONT)
+        stop_redis(server)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.samples import Sample
@@ -201,6 +202,7 @@ def test_known_workload_counters_and_histograms_agree_from_every_process(
 # -- 3. /workers -------------------------------------------------------------------------------
 
 
+@pytest.mark.topologies
 def test_workers_shows_two_live_workers_then_one_after_a_sigkill(
     services: Any, redis_url: str, tmp_path: Path
 ) -> None:

@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +32,7 @@ import orjson
 import pytest
 import redis
 
-from tests.conftest import RedisServer, Service, start_redis, stop_redis, wait_for
+from tests.conftest import RedisServer, Service, stop_redis, wait_for
 from tests.support import write_config
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -152,24 +152,6 @@ def nap(ledger_path: Path, seconds: float, go: Path | None = None, **extra: Any)
 
 def record(ledger_path: Path, **extra: Any) -> dict[str, Any]:
     return {"type": "record", "payload": {"ledger": str(ledger_path)}, **extra}
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
-    """redis-servers of this test's own (restarted, stopped, paused at will); all stopped at the end."""
-    started_servers: list[RedisServer] = []
-
-    def start(*extra: str, port: int | None = None, name: str = "redis") -> RedisServer:
-        server = start_redis(tmp_path / name, port, *extra)
-        started_servers.append(server)
-        return server
-
-    yield start
-    for server in started_servers:
-        if server.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(server.process.pid, signal.SIGCONT)
-        stop_redis(server)
 
 
 class Load:

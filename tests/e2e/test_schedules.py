@@ -125,6 +125,7 @@ def test_cli_refuses_a_schedule_of_an_unknown_task_type(services: Any, redis_url
 # -- real worker processes --------------------------------------------------------------------
 
 
+@pytest.mark.topologies("server", "cluster")
 def test_three_workers_enqueue_exactly_one_job_per_second(services: Any, redis_url: str, tmp_path: Path) -> None:
     """The issue's acceptance test: `every = 1` with three worker processes, over 10 s."""
     ledger = tmp_path / "ledger.txt"

@@ -106,7 +106,23 @@ def test_includes_exist_and_scripts_load_with_them() -> None:
             for include in (n.strip() for n in line.split(",")):
                 assert include in INCLUDE_FILES, f"{name}.lua includes a missing {include}"
         source = scripts.source(name)
-        assert "local STATUS = {" in source and source.endswith(text)
+        shebang, _, body = text.partition("\n")
+        assert source.startswith(shebang + "\n") and "local STATUS = {" in source and source.endswith(body)
+        # The embedded store (fakeredis) cannot read a shebang: there it is a comment.
+        assert scripts.source(name, embedded=True).startswith("-- " + shebang + "\n")
+
+
+@pytest.mark.parametrize("name", SCRIPT_FILES)
+def test_every_script_declares_its_flags_and_says_why(name: str) -> None:
+    """Redis 7 refuses a script with flags whole when it is out of memory, unless it declares
+    allow-oom; a script without flags would run half-way. Each declares them, and a script that
+    runs out of memory says why in its header."""
+    text = LUA.joinpath(f"{name}.lua").read_text()
+    shebang = text.partition("\n")[0]
+    assert shebang in ("#!lua", "#!lua flags=allow-oom", "#!lua flags=no-writes"), shebang
+    assert re.search(r"^-- Flags: ", text, re.M), f"{name}.lua does not say why it has its flags"
+    writes_new_work = name in ("enqueue", "redrive")
+    assert ("allow-oom" in shebang) != writes_new_work or name == "stats", (name, shebang)
 
 
 @pytest.mark.parametrize("name", SCRIPT_FILES)

@@ -573,3 +573,24 @@ async def test_a_job_outliving_the_grace_period_is_handed_back_and_the_next_work
     assert job["attempts"] == 1  # the handed-back attempt did not count against its retries
     m = await metrics(second)
     assert (m["jobs_done"], m["jobs_failed"], m["total_jobs_in_queue"]) == (1, 0, 0)
+
+
+async def test_a_handlers_error_is_stored_without_source_paths_and_its_traceback_goes_to_the_log(
+    make_client: Any, make_settings: Any, redis_url: str, tmp_path: Path
+) -> None:
+    async def broken(payload: dict[str, Any]) -> None:
+        raise ValueError("amount: must be positive")
+
+    c = await make_client(make_settings(redis_url=redis_url), {"broken": inline_task("broken", broken)})
+    job_id = await enqueue(c, type="broken", retries=1)
+    job = await wait_status(c, job_id, "dead")
+    # What clients see names the problem, never a file or a line of the service or a plugin.
+    assert job["error"] == "ValueError: amount: must be positive"
+    lines = await async_wait_for(lambda: [e for e in read_log(tmp_path / "logs.txt")
+                                          if e["event"] in ("retrying", "dead") and e.get("job_id") == job_id],
+                                 5, "the retrying and dead lines")
+    assert [e["event"] for e in lines] == ["retrying", "dead"]
+    for line in lines:
+        assert line["error"] == job["error"]
+        assert "Traceback" in line["traceback"] and "test_worker.py" in line["traceback"]
+        assert 'raise ValueError("amount: must be positive")' in line["traceback"]

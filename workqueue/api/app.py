@@ -9,6 +9,7 @@ started. So on SIGTERM the worker drains first, then Redis closes, then the log.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
@@ -76,16 +77,34 @@ async def store(app: web.Application) -> AsyncIterator[None]:
     queue = Queue.open(s.redis_url, s.redis_timeout, Retention(s.result_ttl, s.dead_ttl, s.dead_max, s.idempotency_ttl),
                        replica_wait=s.redis_timeout if s.durability == "replica" else None)
     try:
-        if await queue.is_cluster_node():
-            await queue.close()
-            where = urlsplit(s.redis_url).netloc.rpartition("@")[2]
-            raise ConfigError(f"redis_url: {redact_url(s.redis_url)} is a node of a Redis Cluster; "
-                              f"write redis+cluster://{where} to use the cluster")
-    except StoreUnavailable as e:  # not up yet: requests answer 503 and workers wait until it is
-        app[LOG].emit("redis_unavailable", "warning", error=str(e))
+        await check_redis(queue, s, app[LOG])
+    except BaseException:
+        await queue.close()
+        raise
     app[QUEUE] = queue
     yield
     await queue.close()
+
+
+async def check_redis(queue: Queue, s: Settings, log: EventLog) -> None:
+    """Refuse a Redis that cannot work (a one-server URL at a cluster node, refused credentials);
+    report one that can lose jobs (an evicting maxmemory-policy), or refuse it with strict_redis.
+    A Redis that does not answer yet is no reason to stop: requests answer 503 meanwhile, and a
+    worker waits for it."""
+    try:
+        inspection = await queue.inspect()
+    except StoreUnavailable as e:
+        log.emit("redis_unavailable", "warning", error=f"{e}; requests answer 503 until it answers")
+        return
+    if inspection.cluster_node:
+        where = urlsplit(s.redis_url).netloc.rpartition("@")[2]
+        raise ConfigError(f"redis_url: {redact_url(s.redis_url)} is a node of a Redis Cluster; "
+                          f"write redis+cluster://{where} to use the cluster")
+    for risk in inspection.risks():
+        if s.strict_redis:
+            raise ConfigError(f"strict_redis: {risk}")
+        log.emit("redis_risk", "warning", error=risk)
+        print(f"workqueue: warning: {risk}", file=sys.stderr, flush=True)
 
 
 async def worker(app: web.Application) -> AsyncIterator[None]:

@@ -45,11 +45,16 @@ async def read_json(request: web.Request, limit: int) -> Any:
         decoded = orjson.loads(body)  # C code with its own nesting limit: nothing of ours recurses yet
     except orjson.JSONDecodeError as e:
         raise ValidationError(f"body: invalid JSON ({e})", 400) from e
-    deep, keys = shape(decoded, MAX_DEPTH)
+    deep, keys, huge = shape(decoded, MAX_DEPTH)
     if deep:
         raise ValidationError(f"body: JSON nested deeper than {MAX_DEPTH} levels", 400)
     if has_duplicate_keys(body, keys):
         raise ValidationError("body: an object repeats a key; each key may appear once", 400)
+    if huge:
+        where = oversized_integer(body)
+        if where is not None:
+            raise ValidationError(f"{where}: an integer outside the signed 64-bit range (-2^63 to 2^63-1); "
+                                  "send it as a string to keep every digit", 422)
     return decoded
 
 
@@ -66,22 +71,54 @@ def decompress(body: bytes, limit: int) -> bytes:
     return data
 
 
-def shape(value: Any, limit: int) -> tuple[bool, int]:
-    """(nests deeper than `limit`?, number of object keys); iterative, so a hostile body cannot
-    make anything recurse."""
-    keys = 0
+def shape(value: Any, limit: int) -> tuple[bool, int, bool]:
+    """(nests deeper than `limit`?, number of object keys, may hold an integer beyond 64 bits?);
+    iterative, so a hostile body cannot make anything recurse. orjson reads integers up to 2^64-1
+    exactly and larger ones as floats, silently: an integral float that large may have been one."""
+    keys, huge = 0, False
     stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, (dict, list)):
             if depth > limit:
-                return True, keys
+                return True, keys, huge
             if isinstance(item, dict):
                 keys += len(item)
                 stack.extend((child, depth + 1) for child in item.values())
             else:
                 stack.extend((child, depth + 1) for child in item)
-    return False, keys
+        elif isinstance(item, int) and not isinstance(item, bool):
+            huge = huge or not INT64_MIN <= item <= INT64_MAX
+        elif isinstance(item, float):
+            huge = huge or (abs(item) >= 2.0**63 and item.is_integer())
+    return False, keys, huge
+
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class Oversized(int):
+    """An integer literal beyond 64 bits, marked while the body is read again to find it."""
+
+
+def oversized_integer(body: bytes) -> str | None:
+    """Where the first integer literal outside the signed 64-bit range is (`[1].payload.n`), or
+    None (the large number was written as a float, 1e20). Only called when `shape` saw one."""
+
+    def parse_int(literal: str) -> int:
+        value = int(literal)
+        return Oversized(value) if not INT64_MIN <= value <= INT64_MAX else value
+
+    stack: list[tuple[Any, str]] = [(json.loads(body, parse_int=parse_int), "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, Oversized):
+            return where.lstrip(".") or "body"
+        if isinstance(item, dict):
+            stack.extend((v, f"{where}.{k}") for k, v in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in reversed(list(enumerate(item))))
+    return None
 
 
 def has_duplicate_keys(body: bytes, keys_decoded: int) -> bool:

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from ..errors import QueueFull, ReplicaUnconfirmed, StoreUnavailable, ValidationError
+from ..errors import QueueFull, ReplicaUnconfirmed, StoreOutOfMemory, StoreUnavailable, ValidationError
 from .state import LOG, METRICS, REQUEST_ID
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -37,6 +37,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ValidationError as e:
         return error(e.status, str(e))
+    except StoreOutOfMemory:
+        return error(503, "the job store (Redis) is out of memory (maxmemory reached); nothing was done, try "
+                     "again once jobs have drained or Redis has more memory", {"Retry-After": "5"})
     except ReplicaUnconfirmed as e:  # the write may have happened: the message says to retry with the key
         return error(503, str(e), {"Retry-After": "1"})
     except StoreUnavailable:

@@ -221,10 +221,11 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     try:
         async with asyncio.timeout(request.app[SETTINGS].redis_timeout):
-            await request.app[QUEUE].ping()
+            inspection = await request.app[QUEUE].inspect()
     except (TimeoutError, StoreError):
         return error(503, "redis: unreachable", {"Retry-After": "1"})
-    return json_response({"status": "ready"})
+    risks = inspection.risks()
+    return json_response({"status": "ready", "warnings": risks} if risks else {"status": "ready"})
 
 
 def add_routes(app: web.Application, settings: Settings) -> None:

@@ -27,8 +27,12 @@ import redis.sentinel
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
+    AskError,
+    ClusterDownError,
     ClusterError,
     NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
     RedisClusterException,
     RedisError,
     ResponseError,
@@ -38,18 +42,20 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
 
-from ..errors import StoreError, StoreUnavailable
+from ..errors import StoreError, StoreOutOfMemory, StoreUnavailable
 from .address import Address, Topology, parse
 
 # Blocking reads wait this long at most, so a stopping worker notices within it.
 BLOCK_MS = 1000
 # Most connections a client opens (per node, on a cluster); past it a command waits for one.
 MAX_CONNECTIONS = 256
-UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ClusterError, RedisClusterException, TryAgainError, OSError)
-# Replies that say "not now" rather than "never": a failover, a restart, a full memory. The command
-# had no effect, and the same command will work once Redis has settled.
-TRANSIENT = ("READONLY", "UNBLOCKED", "LOADING", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS", "OOM",
-             "MOVED", "ASK")
+# Errors that say "not now" rather than "never": Redis down or unreachable (a LOADING server is a
+# ConnectionError too), a failover (READONLY, CLUSTERDOWN, MASTERDOWN, TRYAGAIN, MOVED and ASK
+# storms, a blocked read UNBLOCKED by a demotion). The command had no effect, and the same command
+# works once Redis has settled.
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ClusterError, RedisClusterException, TryAgainError,
+               ReadOnlyError, ClusterDownError, AskError, OSError)
+TRANSIENT = ("UNBLOCKED", "NOREPLICAS")  # replies redis-py has no class for
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -57,6 +63,8 @@ R = TypeVar("R")
 
 def translate(e: Exception) -> StoreError:
     """The workqueue error for a redis-py (or socket) exception."""
+    if isinstance(e, OutOfMemoryError):
+        return StoreOutOfMemory(f"redis: out of memory: {e}")
     if isinstance(e, UNAVAILABLE) or (isinstance(e, ResponseError) and str(e).startswith(TRANSIENT)):
         return StoreUnavailable(f"redis: {e}")
     return StoreError(f"redis: {e}")

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from redis.exceptions import ResponseError
+from redis.exceptions import AuthenticationError, ResponseError
 
-from ..errors import ReplicaUnconfirmed
+from ..errors import ConfigError, ReplicaUnconfirmed
 from ..job import Job, JobSpec, Outcome, Verdict, new_ids
 from .address import Topology
 from .connection import Connections, boundary, connect, sync_boundary
@@ -39,6 +40,18 @@ TIMINGS_KEPT = 1000  # attempts per queue behind the JSON percentiles
 JOBS_PER_SCRIPT = 5000  # most jobs one enqueue script writes (more requests wait for the next)
 
 Waiting = tuple[list[JobSpec], int, "asyncio.Future[list[Enqueued]]"]  # one request: jobs, max length, answer
+
+
+@dataclass(frozen=True, slots=True)
+class Inspection:
+    cluster_node: bool = False  # a one-server URL that points at a node of a Redis Cluster
+    policies: dict[str, str] = field(default_factory=dict)  # maxmemory-policy of each (master) node
+
+    def risks(self) -> list[str]:
+        """What an operator must hear about: an eviction policy that can drop jobs silently."""
+        return [f"Redis {node} has maxmemory-policy {policy!r}: when it reaches maxmemory it evicts keys, "
+                "and job records and queued jobs can vanish without a trace; set maxmemory-policy noeviction"
+                for node, policy in sorted(self.policies.items()) if policy and policy != "noeviction"]
 
 
 class Queue:
@@ -70,13 +83,22 @@ class Queue:
         await self.client.ping()
 
     @boundary
-    async def is_cluster_node(self) -> bool:
-        """Whether a one-server URL points at a node of a Redis Cluster (which it cannot use as one
-        server: most of the queues' slots live elsewhere)."""
-        if self.connections.topology is not Topology.SERVER:
-            return False
-        info = await self.client.info("cluster")
-        return bool(int(info.get("cluster_enabled", 0)))
+    async def inspect(self) -> Inspection:
+        """What workqueue must know of the Redis it was given, asked once at start-up and by /readyz.
+
+        ConfigError when Redis refuses the URL's credentials: retrying cannot help."""
+        if self.connections.embedded:
+            return Inspection()
+        try:
+            if self.connections.topology is Topology.CLUSTER:
+                await self.client.initialize()
+                memory = await self.client.info("memory", target_nodes=self.client.get_primaries())
+                return Inspection(policies={node: info.get("maxmemory_policy", "") for node, info in memory.items()})
+            info = await self.client.info()
+        except AuthenticationError as e:
+            raise ConfigError(f"redis_url: Redis refused the credentials ({e}); check the user and password") from e
+        return Inspection(cluster_node=bool(int(info.get("cluster_enabled", 0))),
+                          policies={"redis": str(info.get("maxmemory_policy", ""))})
 
     @boundary
     async def ensure_queue(self, queue: str) -> None:
@@ -244,11 +266,26 @@ class Queue:
     def renew_lease(self, queues: Iterable[str], consumer: str, lease: float, about: dict[str, Any]) -> None:
         """Renew a worker's lease on every queue it serves and publish what it is doing. Synchronous:
         the worker's heartbeat thread calls it, so a blocked event loop cannot let the lease lapse."""
-        pipe: Any = self.connections.threaded.pipeline(transaction=False)
-        for queue in queues:
-            pipe.set(keys_of(queue).worker(consumer), "1", px=int(lease * 1000))
+        client = self.connections.threaded
+        names = [keys_of(queue).worker(consumer) for queue in queues]
+        pipe: Any = client.pipeline(transaction=False)
+        for name in names:
+            pipe.set(name, "1", px=int(lease * 1000))
+        # The description for /workers is best-effort: when Redis is full it keeps its last value.
         pipe.hset(WORKERS_KEY, consumer, orjson.dumps({**about, "last_heartbeat": time.time(), "lease": lease}))
-        pipe.execute()
+        replies = pipe.execute(raise_on_error=False)
+        refused = [name for name, reply in zip(names, replies) if isinstance(reply, Exception)]
+        if not refused:
+            return
+        # A full Redis refuses SET but allows extending a key's expiry: the lease holds while the
+        # worker drains, which is what frees memory.
+        pipe = client.pipeline(transaction=False)
+        for name in refused:
+            pipe.pexpire(name, int(lease * 1000))
+        for reply in pipe.execute(raise_on_error=False):
+            if reply is not True:
+                first = next(r for r in replies if isinstance(r, Exception))
+                raise reply if isinstance(reply, Exception) else first
 
     @boundary
     async def forget_worker(self, queues: Iterable[str], consumer: str) -> None:

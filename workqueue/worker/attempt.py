@@ -59,9 +59,11 @@ class Attempts:
             result = await self.call(task, job, ctx)
             return Outcome(job, Status.SUCCEEDED, orjson.dumps(result).decode())
         except (PermanentError, ValidationError) as e:
-            return Outcome(job, Status.DEAD, describe(e))
+            return Outcome(job, Status.DEAD, describe(e), traceback=trace(e))
         except Exception as e:  # one job's failure must never stop the worker
-            return self.failure(job, describe(e))
+            outcome = self.failure(job, describe(e))
+            outcome.traceback = trace(e)
+            return outcome
 
     def interrupted(self, job: Job, why: Interruption) -> Outcome:
         """The outcome of an attempt whose handler was stopped for this job alone."""
@@ -94,7 +96,11 @@ class Attempts:
 
 
 def describe(e: BaseException) -> str:
-    """`Type: message` plus the innermost frame, enough to find the bug without a full traceback."""
-    frames = traceback.extract_tb(e.__traceback__)
-    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-    return f"{type(e).__name__}: {e}{where}"[:2000]
+    """The error stored with the job and shown to clients: `Type: message`, never a file path or
+    a line of the service or a plugin (those go to logs.txt, see `trace`)."""
+    return f"{type(e).__name__}: {e}"[:2000]
+
+
+def trace(e: BaseException) -> str:
+    """The full traceback, for the job's `retrying` or `dead` line in logs.txt, where operators look."""
+    return "".join(traceback.format_exception(e))[-8000:]

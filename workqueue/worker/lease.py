@@ -68,6 +68,12 @@ class Heartbeat:
             self.lapses += 1
         self.last_ok = time.monotonic()
 
+    def first_beat(self) -> None:
+        """The beat that takes the lease: nothing was held before it, so nothing can have lapsed
+        (however long the worker waited for Redis before it)."""
+        self.queue.renew_lease(self.queues, self.name, self.lease, self.describe())
+        self.last_ok = time.monotonic()
+
     def lapsed(self) -> bool:
         """Whether the lease may have expired: then other workers may hold our jobs."""
         return time.monotonic() - self.last_ok > self.lease
@@ -79,7 +85,8 @@ class Heartbeat:
 
     def stop(self) -> None:
         self.stopping.set()
-        self.thread.join(timeout=5)
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
 
     def run(self) -> None:
         interval = min(self.lease / 3, 0.5)
@@ -143,7 +150,7 @@ class Lease:
     async def start(self) -> None:
         """The first beat, before the first fetch, so no reaper can mistake the worker for dead;
         then the thread."""
-        await asyncio.to_thread(self.heartbeat.beat)
+        await asyncio.to_thread(self.heartbeat.first_beat)
         self.heartbeat.start()
 
     async def stop(self) -> None:

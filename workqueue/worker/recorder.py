@@ -102,6 +102,8 @@ class Recorder:
             fields["retry_in_ms"] = round((outcome.retry_at - finished) * 1000)
         elif event == "dead":
             fields["error"] = outcome.data
+        if outcome.traceback and event in ("retrying", "dead"):
+            fields["traceback"] = outcome.traceback
         self.log.emit(event, level, **fields)
 
 

@@ -38,6 +38,9 @@ from .lifecycle import REDIS_PAUSE, Lifecycle, Phase, cancel_all
 from .recorder import Recorder
 from .upkeep import Scheduler, Upkeep
 
+# Longest wait between two tries to reach Redis while the worker starts.
+START_PAUSE_MAX = 5.0
+
 
 class Worker:
     def __init__(self, settings: Settings, queue: Queue, tasks: dict[str, TaskType], log: EventLog,
@@ -64,11 +67,26 @@ class Worker:
         self.busy: set[asyncio.Task[None]] = set()  # consumers running a job right now
         self.services: list[asyncio.Task[Any]] = []
         self.recording: asyncio.Task[None] | None = None
+        self.starting: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        for queue in self.queues:
-            await self.queue.ensure_queue(queue)
-        await self.lease.start()
+        """Begin in the background: until Redis answers (and takes the worker's lease) the worker
+        waits and tries again, saying so in the log, while the process serves HTTP (/readyz 503)."""
+        self.starting = asyncio.create_task(self.begin(), name="workqueue-worker-start")
+
+    async def begin(self) -> None:
+        pause = 0.25
+        while True:
+            try:
+                for queue in self.queues:
+                    await self.queue.ensure_queue(queue)
+                await self.lease.start()
+                break
+            except StoreError as e:
+                self.log.emit("worker_waiting", "warning", worker=self.name, retry_in_s=pause,
+                              error=f"{e}; the worker starts once Redis takes its queues and lease")
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, START_PAUSE_MAX)
         self.lifecycle.phase = Phase.RUNNING
 
         def spawn(name: str, work: Any) -> asyncio.Task[Any]:
@@ -92,6 +110,13 @@ class Worker:
     async def stop(self) -> None:
         """Graceful shutdown: stop fetching, let running jobs finish within the grace period, hand
         back the rest so another worker starts them at once."""
+        if self.lifecycle.phase is Phase.STARTING:  # still waiting for Redis: nothing to hand back
+            if self.starting is not None:
+                await cancel_all([self.starting])
+            await self.lease.stop()
+            self.lifecycle.phase = Phase.STOPPED
+            self.log.emit("worker_stopped", worker=self.name, released=0)
+            return
         self.lifecycle.phase = Phase.DRAINING
         if self.fetcher is not None:
             await cancel_all([self.fetcher])

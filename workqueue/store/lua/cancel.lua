@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Cancel a job. A waiting job (queued, scheduled or retrying) is taken off the queue at once. A
 -- running job is marked cancelled and the queue's cancel counter is bumped; workers watch that
 -- counter, and the one holding the job stops its handler and discards whatever it returns.
@@ -9,6 +10,7 @@
 -- ARGV[2] id         the job's id
 -- ARGV[3] retention  JSON [result TTL ms, dead TTL ms, dead max, key TTL ms]
 -- Returns {previous status, new status}; previous is false for an unknown job.
+-- Flags: allow-oom, on purpose: a cancel mostly frees memory (the entry goes, the record expires).
 -- include: keys, clock, tally, retention
 local job = KEYS[1]
 local r = retention(ARGV[3])

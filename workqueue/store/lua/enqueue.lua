@@ -1,3 +1,4 @@
+#!lua
 -- Create jobs for one or more requests at once. Each request is all or nothing: it is refused
 -- whole if one of its idempotency keys is reused for different work or the queue would grow past
 -- its maximum length, and a refused request changes nothing; the others go ahead. (The producer
@@ -14,6 +15,8 @@
 --                     fingerprint of type+payload, key TTL after the job ends (ms, 0: the default)]
 -- Returns per request {'conflict', job index (1-based), existing id} or {'full', current length}
 --   or {'ok', id1, status1, created1, id2, ...}: created is 0 for a job that already existed.
+-- Flags: none, so when Redis is out of memory it refuses the whole script before it runs: an
+-- accepted job is stored whole or not at all, and the request gets a 503.
 -- include: keys, clock, tally
 local now = server_now()
 local now_ms = now * 1000

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Deliver up to `count` waiting jobs to one worker and mark them active, reading the priority
 -- streams highest level first (or lowest first, when the worker asks, so low levels never starve).
 -- A job about to start more often than its retries allow has crashed its workers every time (a
@@ -15,6 +16,8 @@
 --   later), priority; cursors, only when no job was delivered, has per level, highest first, the
 --   group's last delivered entry id, from where a blocking XREAD waits for the next job; buried
 --   lists the ids of the poison jobs made dead.
+-- Flags: allow-oom, on purpose: when Redis is out of memory workers must keep draining, which
+-- is what frees memory (a fetch only changes records that exist).
 -- include: keys, clock, tally, bury, cursor
 local now = server_now()
 local prefix, consumer = ARGV[1], ARGV[2]

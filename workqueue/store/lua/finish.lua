@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Record the outcome of finished attempts and acknowledge their deliveries, in one step, so a
 -- counter can never disagree with the job records.
 -- KEYS[1] stats      the queue's counters
@@ -17,6 +18,8 @@
 --   The job's `entry` and `level` fields are the fencing token: they name the one delivery (an
 --   entry id is only unique within its stream) through which the job may be finished, and `entry`
 --   is cleared when it is, so recording the same outcome twice (a retried call) counts it once.
+-- Flags: allow-oom, on purpose: recording outcomes acknowledges and deletes stream entries and
+-- lets records expire, which is what frees memory when Redis is full.
 -- include: keys, clock, tally, bury
 local now = server_now()
 local prefix = ARGV[1]

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Move jobs whose time has come (delayed jobs, retry backoffs) from the scheduled set onto their
 -- priority level's stream.
 -- KEYS[1] scheduled  the queue's delayed jobs
@@ -7,6 +8,8 @@
 -- Returns {moved, score (epoch ms) of the next scheduled job or -1}.
 -- Streams and job hashes are addressed by prefix: which jobs are due is only known inside the
 -- script, and they share the queue's hash tag, so this stays within one Redis Cluster slot.
+-- Flags: allow-oom, on purpose: it moves jobs already stored (a sorted-set member becomes a
+-- stream entry), and delayed jobs and retries are part of the drain that frees memory.
 -- include: keys
 local prefix = ARGV[1]
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))

@@ -1,3 +1,4 @@
+#!lua flags=allow-oom
 -- Put unfinished deliveries back on the queue so another worker starts them at once: on graceful
 -- shutdown a worker hands back its own ('release'); after a crash, any worker takes back those of
 -- workers whose heartbeat key has expired ('reap'). The heartbeat is checked in the same atomic
@@ -16,6 +17,8 @@
 --                   fetched ahead, or being recorded)
 -- ARGV[6] idle      for 'orphans': ms a delivery must have been pending to count as an orphan
 -- Returns {moved, dead consumer names...}.
+-- Flags: allow-oom, on purpose: it moves jobs already stored, and crash recovery and hand-backs
+-- must not wait for memory.
 -- include: keys, tally
 local prefix, me, limit, mode = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local top_level = LEVELS - 1

@@ -1,9 +1,11 @@
+#!lua
 -- Send dead jobs back to their queue for a fresh set of attempts.
 -- KEYS[1] dead    the queue's dead set
 -- KEYS[2] stats   the queue's counters
 -- ARGV[1] prefix  the queue's key prefix 'wq:{q}:'
 -- ARGV[2] ids     JSON array of the job ids
 -- Returns the ids re-driven (ids no longer in the dead set are skipped).
+-- Flags: none, so when Redis is out of memory it refuses the whole script before it runs.
 -- include: keys, clock, tally
 local now = server_now()
 local prefix = ARGV[1]

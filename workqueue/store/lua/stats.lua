@@ -1,3 +1,4 @@
+#!lua flags=no-writes
 -- One queue's current counts and cumulative counters, in one round trip.
 -- KEYS[1] scheduled  the queue's delayed jobs
 -- KEYS[2] dead       the queue's dead set
@@ -6,6 +7,7 @@
 -- ARGV[2] dead_ttl   ms: older ids in the dead set name expired records
 -- Returns {waiting, active, scheduled, dead, enqueue time (epoch ms) of the oldest waiting job or -1,
 --   counter field, value, ...}.
+-- Flags: no-writes: it only reads, so Redis runs it when out of memory (and on replicas).
 -- include: keys, clock, cursor
 local waiting, active, oldest = 0, 0, -1
 for level = 0, LEVELS - 1 do
