@@ -51,6 +51,7 @@ class Settings:
     result_ttl: float = 24 * 3600.0
     dead_ttl: float = 7 * 24 * 3600.0
     dead_max: int = 100_000
+    history_max: int = 10_000  # ended jobs listed per queue and status (GET /jobs)
     idempotency_ttl: float = 24 * 3600.0
     max_length: Mapping[str, int] = field(default_factory=dict)
     priority_fairness: int = 10
@@ -236,7 +237,7 @@ def check(s: Settings) -> None:
         fail("log_level", "one of " + ", ".join(LOG_LEVELS))
     if not 0 <= s.port <= 65535:
         fail("port", "a TCP port 0-65535")
-    for key in ("concurrency", "max_body_bytes", "max_batch", "dead_max", "priority_fairness"):
+    for key in ("concurrency", "max_body_bytes", "max_batch", "dead_max", "history_max", "priority_fairness"):
         if getattr(s, key) < 1:
             fail(key, "an integer >= 1")
     # Defaults for a job's fields obey the same checks as the fields themselves.

@@ -26,7 +26,8 @@ from ..task import check_settings
 from ..worker import Worker
 from .middleware import auth_middleware, error_middleware, request_middleware
 from .routes import add_routes
-from .state import LOG, METRICS, QUEUE, SCHEDULED, SETTINGS, TASKS, WORKER
+from .state import LOG, METRICS, QUEUE, SCHEDULED, SETTINGS, TASKS, WAITER, WORKER
+from .waiter import Waiter
 
 
 def create_app(settings: Settings, tasks: dict[str, TaskType]) -> web.Application:
@@ -74,7 +75,8 @@ async def event_log(app: web.Application) -> AsyncIterator[None]:
 
 async def store(app: web.Application) -> AsyncIterator[None]:
     s = app[SETTINGS]
-    queue = Queue.open(s.redis_url, s.redis_timeout, Retention(s.result_ttl, s.dead_ttl, s.dead_max, s.idempotency_ttl),
+    queue = Queue.open(s.redis_url, s.redis_timeout, Retention(s.result_ttl, s.dead_ttl, s.dead_max, s.idempotency_ttl,
+                                                                   s.history_max),
                        replica_wait=s.redis_timeout if s.durability == "replica" else None)
     try:
         await check_redis(queue, s, app[LOG])
@@ -82,7 +84,9 @@ async def store(app: web.Application) -> AsyncIterator[None]:
         await queue.close()
         raise
     app[QUEUE] = queue
+    app[WAITER] = waiter = Waiter(queue)
     yield
+    await waiter.close()
     await queue.close()
 
 

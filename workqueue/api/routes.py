@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -14,13 +15,24 @@ from aiohttp import web
 
 from ..config import Settings
 from ..errors import StoreError, StoreUnavailable, ValidationError
-from ..job import TERMINAL, rfc3339, valid_id
+from ..job import TERMINAL, Status, rfc3339, valid_id
 from ..metrics import timing_summary, wants_prometheus
 from ..specs import parse_specs, valid_queue_name
 from ..store import Enqueued
 from .body import read_json
 from .middleware import error, json_response
-from .state import LOG, METRICS, QUEUE, REQUEST_ID, SETTINGS, TASKS
+from .state import LOG, METRICS, QUEUE, REQUEST_ID, SETTINGS, TASKS, WAITER
+
+MAX_WAIT = 60.0  # seconds a GET /jobs/{id}?wait may hold a request
+# The statuses GET /jobs lists, and the shape of their cursors.
+LISTED = tuple(s.value for s in (Status.QUEUED, Status.ACTIVE, Status.SCHEDULED, Status.RETRYING, Status.SUCCEEDED,
+                                 Status.DEAD, Status.CANCELLED))
+SCORE = r"\d{1,20}(\.\d{1,20})?(e[+-]?\d{1,3})?"
+CURSORS = {  # what a cursor of each status looks like: a level and stream entry, a due time and id, a score
+    **dict.fromkeys((Status.QUEUED, Status.ACTIVE), re.compile(r"^\d \d{1,19}-\d{1,19}$")),
+    **dict.fromkeys((Status.SCHEDULED, Status.RETRYING), re.compile(rf"^{SCORE} [0-9a-f]{{32}}$")),
+    **dict.fromkeys((Status.SUCCEEDED, Status.DEAD, Status.CANCELLED), re.compile(rf"^{SCORE}$")),
+}
 
 
 async def enqueue(request: web.Request) -> web.Response:
@@ -60,11 +72,40 @@ def accepted(done: Enqueued) -> dict[str, Any]:
 
 
 async def get_job(request: web.Request) -> web.Response:
+    """The job; with ?wait=N (seconds, at most 60), once it has ended or when N runs out."""
     job_id = request.match_info["id"]
+    wait = query_number(request.query.get("wait"), "wait", 0.0, MAX_WAIT)
     record = await request.app[QUEUE].get_job(job_id) if valid_id(job_id) else None
     if record is None:
         return error(404, f"id: no job {job_id[:64]!r} (unknown, or expired after its result TTL)")
+    if wait and record["status"] not in TERMINAL:
+        await request.app[WAITER].wait(record["queue"], job_id, wait)
+        record = await request.app[QUEUE].get_job(job_id) or record
     return json_response(present(record))
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    """One page of a queue's jobs in one status: GET /jobs?queue=&status=&type=&limit=&cursor=."""
+    query = request.query
+    queue = query_queue(query) or "default"
+    status = query.get("status", Status.QUEUED)
+    if status not in LISTED:
+        raise ValidationError(f"status: expected one of {', '.join(LISTED)} (got {status[:40]!r})", 400)
+    limit = query_int(query.get("limit", "50"), "limit", 1, 500)
+    cursor = query.get("cursor") or None
+    if cursor is not None and (len(cursor) > 200 or not CURSORS[Status(status)].match(cursor)):
+        raise ValidationError("cursor: expected the next_cursor of a previous page", 400)
+    records, next_cursor = await request.app[QUEUE].jobs(queue, status, query.get("type") or None, limit, cursor)
+    return json_response({"jobs": [present(r) for r in records], "next_cursor": next_cursor})
+
+
+async def list_queues(request: web.Request) -> web.Response:
+    """Every queue ever used, with its jobs by status."""
+    rows = await request.app[QUEUE].stats()
+    return json_response({"queues": [
+        {"name": name, "paused": False, "queued": row["waiting"], "scheduled": row["scheduled"],
+         "active": row["active"], "blocked": 0, "dead": row["dead"], "limits": []}
+        for name, row in sorted(rows.items())]})
 
 
 def present(record: dict[str, str]) -> dict[str, Any]:
@@ -130,6 +171,19 @@ def query_queue(query: Mapping[str, str]) -> str | None:
     if queue is not None and not valid_queue_name(queue):
         raise ValidationError("queue: expected a queue name", 400)
     return queue
+
+
+def query_number(raw: str | None, name: str, low: float, high: float) -> float:
+    """A number query parameter (absent: 0)."""
+    if raw is None:
+        return 0.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ValidationError(f"{name}: expected a number of seconds from {low:g} to {high:g}", 400)
+    return value
 
 
 def query_int(raw: str, name: str, low: int, high: int) -> int:
@@ -233,6 +287,8 @@ def add_routes(app: web.Application, settings: Settings) -> None:
         app.router.add_post("/enqueue", enqueue)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/workers", workers)
+    app.router.add_get("/queues", list_queues)
+    app.router.add_get("/jobs", list_jobs)
     app.router.add_get("/jobs/{id}", get_job)
     app.router.add_post("/jobs/{id}/cancel", cancel_job)
     app.router.add_delete("/jobs/{id}", cancel_job)

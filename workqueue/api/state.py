@@ -13,6 +13,7 @@ from ..metrics import Metrics
 from ..plugins import TaskType
 from ..store import Queue
 from ..worker import Worker
+from .waiter import Waiter
 
 SETTINGS = web.AppKey("settings", Settings)
 TASKS = web.AppKey("tasks", dict[str, TaskType])
@@ -21,4 +22,5 @@ METRICS = web.AppKey("metrics", Metrics)
 LOG = web.AppKey("log", EventLog)
 QUEUE = web.AppKey("queue", Queue)
 WORKER = web.AppKey("worker", Worker)
+WAITER = web.AppKey("waiter", Waiter)
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -15,6 +15,10 @@ Per queue, all keys share the hash tag `{q}`, so every script stays in one Redis
     wq:{q}:cancels          Counter bumped when a running job is cancelled; workers watch it
     wq:{q}:key:<digest>     String "<job id> <fingerprint>": an idempotency key and its job
     wq:{q}:schedule:<name>  String: the last tick a periodic schedule enqueued (epoch seconds)
+    wq:{q}:history:<status> Sorted set: ids of jobs that ended succeeded or cancelled, by time of
+                            the end (at most history_max, none older than result_ttl): GET /jobs
+    wq:{q}:ended            Stream (capped): ids of jobs that just ended, which GET /jobs/{id}?wait
+                            watches
 
 plus two keys that belong to no queue, with a hash tag of their own that no queue name can have
 (`:` is not allowed in one), so no queue's script ever touches them: `wq:{wq:registry}:queues`, the
@@ -38,7 +42,7 @@ WORKERS_KEY = "wq:{wq:registry}:workers"
 class QueueKeys:
     """The keys of one queue. Built once per queue name and kept (`keys_of`): hot paths only read."""
 
-    __slots__ = ("cancels", "dead", "prefix", "queue", "scheduled", "stats", "streams", "timings")
+    __slots__ = ("cancels", "dead", "ended", "prefix", "queue", "scheduled", "stats", "streams", "timings")
 
     def __init__(self, queue: str) -> None:
         self.queue = queue
@@ -48,6 +52,7 @@ class QueueKeys:
         self.dead = self.prefix + "dead"
         self.timings = self.prefix + "timings"
         self.cancels = self.prefix + "cancels"
+        self.ended = self.prefix + "ended"
         self.streams = tuple(self.stream(level) for level in range(LEVELS))  # lowest level first
 
     def stream(self, level: int) -> str:
@@ -55,6 +60,9 @@ class QueueKeys:
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}"
+
+    def history(self, status: str) -> str:
+        return f"{self.prefix}history:{status}"
 
     def worker(self, name: str) -> str:
         return f"{self.prefix}worker:{name}"

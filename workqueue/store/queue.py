@@ -27,6 +27,7 @@ from .scripts import (
     FetchCall,
     Fetched,
     FinishCall,
+    ListCall,
     PromoteCall,
     RecoverCall,
     RedriveCall,
@@ -370,6 +371,33 @@ class Queue:
             return [s.decode() if s else None for s in await pipe.execute()]
 
     @boundary
+    async def job_statuses(self, queue: str, ids: Sequence[str]) -> list[str | None]:
+        keys = keys_of(queue)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(keys.job(job_id), "status")
+            return [s.decode() if s else None for s in await pipe.execute()]
+
+    @boundary
+    async def ended_cursor(self, queue: str) -> str:
+        """Where the queue's stream of ended jobs is now: `watch_ended` from here sees what ends next."""
+        last = await self.client.xrevrange(keys_of(queue).ended, "+", "-", count=1)
+        return str(last[0][0].decode()) if last else "0-0"
+
+    @boundary
+    async def watch_ended(self, queue: str, cursor: str, block_ms: int) -> tuple[str, list[str]]:
+        """The ids of jobs that ended after `cursor`, waiting up to `block_ms` for one; and the new
+        cursor. One blocking read serves every request waiting on the queue."""
+        stream = keys_of(queue).ended
+        reply = await self.connections.blocking.xread({stream: cursor}, block=block_ms, count=1000)
+        ids: list[str] = []
+        for _, entries in reply or []:
+            for entry, fields in entries:
+                cursor = entry.decode()
+                ids += fields[b"ids"].decode().split(",")
+        return cursor, ids
+
+    @boundary
     async def last_tick(self, queue: str, schedule: str) -> float | None:
         value = await self.client.get(keys_of(queue).schedule(schedule))
         return float(value) if value is not None else None
@@ -377,6 +405,20 @@ class Queue:
     @boundary
     async def set_last_tick(self, queue: str, schedule: str, tick: float) -> None:
         await self.client.set(keys_of(queue).schedule(schedule), repr(tick))
+
+    @boundary
+    async def jobs(self, queue: str, status: str, task_type: str | None, limit: int,
+                   cursor: str | None) -> tuple[list[dict[str, str]], str | None]:
+        """One page of the queue's jobs in `status` (see lua/list.lua for the order), as records,
+        and the cursor of the next page (None at the end)."""
+        ids, next_cursor = await self.scripts.list(ListCall(keys_of(queue), status, task_type, limit, cursor))
+        keys = keys_of(queue)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(keys.job(job_id))
+            raw = await pipe.execute()
+        records = [{k.decode(): v.decode() for k, v in r.items()} for r in raw if r]
+        return records, next_cursor
 
     # -- dead letters -------------------------------------------------------------------------
 

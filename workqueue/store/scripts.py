@@ -41,11 +41,12 @@ class Retention:
     dead_ttl: float
     dead_max: int
     key_ttl: float
+    history_max: int = 10_000  # ids of ended jobs kept per queue and status, for GET /jobs
     packed: bytes = field(init=False, repr=False, compare=False)  # the `retention` ARGV of scripts
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "packed", orjson.dumps([ms(self.result_ttl), ms(self.dead_ttl), self.dead_max,
-                                                         ms(self.key_ttl)]))
+                                                         ms(self.key_ttl), self.history_max]))
 
 
 def ms(seconds: float) -> int:
@@ -386,6 +387,31 @@ class StatsScript(Script[StatsCall, dict[str, Any]]):
         return row
 
 
+@dataclass(frozen=True, slots=True)
+class ListCall:
+    keys: QueueKeys
+    status: str
+    task_type: str | None
+    limit: int
+    cursor: str | None
+
+
+class ListScript(Script[ListCall, tuple[list[str], str | None]]):
+    """(job ids of the page, the cursor of the next page or None)."""
+
+    NAME = "list"
+    KEYS = ("scheduled", "dead")
+    ARGV = ("prefix", "status", "type", "limit", "cursor")
+
+    def pack(self, call: ListCall) -> tuple[list[str], list[Any]]:
+        k = call.keys
+        return [k.scheduled, k.dead], [k.prefix, call.status, call.task_type or "", call.limit, call.cursor or ""]
+
+    def unpack(self, reply: Any, call: ListCall) -> tuple[list[str], str | None]:
+        cursor = reply[0].decode()
+        return [i.decode() for i in reply[1:]], cursor or None
+
+
 @dataclass(slots=True)
 class Scripts:
     """Every script, on one set of connections."""
@@ -398,13 +424,14 @@ class Scripts:
     cancel: CancelScript
     redrive: RedriveScript
     stats: StatsScript
+    list: ListScript
 
     @classmethod
     def register(cls, connections: Connections) -> Scripts:
         return cls(EnqueueScript(connections), FetchScript(connections), FinishScript(connections),
                    PromoteScript(connections), RecoverScript(connections), CancelScript(connections),
-                   RedriveScript(connections), StatsScript(connections))
+                   RedriveScript(connections), StatsScript(connections), ListScript(connections))
 
 
 WRAPPERS: tuple[type[Script[Any, Any]], ...] = (EnqueueScript, FetchScript, FinishScript, PromoteScript,
-                                                RecoverScript, CancelScript, RedriveScript, StatsScript)
+                                                RecoverScript, CancelScript, RedriveScript, StatsScript, ListScript)

@@ -11,7 +11,7 @@
 -- ARGV[3] retention  JSON [result TTL ms, dead TTL ms, dead max, key TTL ms]
 -- Returns {previous status, new status}; previous is false for an unknown job.
 -- Flags: allow-oom, on purpose: a cancel mostly frees memory (the entry goes, the record expires).
--- include: keys, clock, tally, retention
+-- include: keys, clock, tally, retention, ended
 local job = KEYS[1]
 local r = retention(ARGV[3])
 local f = redis.call('HMGET', job, 'status', 'entry', 'level', 'key', 'key_ttl', 'type')
@@ -23,8 +23,11 @@ if status == STATUS.QUEUED then
 else
   redis.call('ZREM', KEYS[2], ARGV[2])
 end
-redis.call('HSET', job, 'status', STATUS.CANCELLED, 'finished_at', server_now(), 'error', 'cancelled on request')
-expire_ended(job, r.result_ttl, f[4], f[5], r)
+local now = server_now()
+redis.call('HSET', job, 'status', STATUS.CANCELLED, 'finished_at', now, 'error', 'cancelled on request')
+-- Ended now, even if running: the holder stops it and its outcome is discarded.
+ended(job, ARGV[2], STATUS.CANCELLED, now, r.result_ttl, f[4], f[5], r)
+write_endings(ARGV[1], now, r)
 if status == STATUS.ACTIVE then
   -- The holder counts it when it acknowledges (or the reaper, if the holder died).
   redis.call('INCR', KEYS[4])

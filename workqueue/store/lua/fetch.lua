@@ -18,7 +18,7 @@
 --   lists the ids of the poison jobs made dead.
 -- Flags: allow-oom, on purpose: when Redis is out of memory workers must keep draining, which
 -- is what frees memory (a fetch only changes records that exist).
--- include: keys, clock, tally, bury, cursor
+-- include: keys, clock, tally, bury, ended, cursor
 local now = server_now()
 local prefix, consumer = ARGV[1], ARGV[2]
 local wanted = tonumber(ARGV[3])
@@ -66,6 +66,7 @@ for level = first, last, step do
   end
 end
 trim_dead(KEYS[2], prefix, now, r)
+write_endings(prefix, now, r)
 write_tally(KEYS[1])
 local cursors = {}
 if delivered == 0 then

@@ -20,7 +20,7 @@
 --   is cleared when it is, so recording the same outcome twice (a retried call) counts it once.
 -- Flags: allow-oom, on purpose: recording outcomes acknowledges and deletes stream entries and
 -- lets records expire, which is what frees memory when Redis is full.
--- include: keys, clock, tally, bury
+-- include: keys, clock, tally, bury, ended
 local now = server_now()
 local prefix = ARGV[1]
 local r = retention(ARGV[2])
@@ -43,11 +43,11 @@ for i, o in ipairs(cjson.decode(ARGV[4])) do
     -- names the new delivery), handed back, expired, or this outcome was recorded already.
     out[i] = VERDICT.REFUSED
   elseif f[2] == STATUS.CANCELLED or outcome == STATUS.CANCELLED then
+    redis.call('HDEL', job, 'entry')
     if f[2] ~= STATUS.CANCELLED then
       redis.call('HSET', job, 'status', STATUS.CANCELLED, 'finished_at', now, 'error', data)
-    end
-    redis.call('HDEL', job, 'entry')
-    expire_ended(job, r.result_ttl, f[3], f[4], r)
+      ended(job, id, STATUS.CANCELLED, now, r.result_ttl, f[3], f[4], r)
+    end  -- else the cancel request ended it already
     count(TALLY.CANCELLED)
     count_type(TALLY.CANCELLED, task_type)
     if f[2] == STATUS.CANCELLED then out[i] = VERDICT.CANCELLED else out[i] = VERDICT.RECORDED end
@@ -60,7 +60,7 @@ for i, o in ipairs(cjson.decode(ARGV[4])) do
     if outcome == STATUS.SUCCEEDED then
       redis.call('HSET', job, 'status', STATUS.SUCCEEDED, 'finished_at', now, 'started_at', started, 'result', data)
       redis.call('HDEL', job, 'entry', 'error')
-      expire_ended(job, r.result_ttl, f[3], f[4], r)
+      ended(job, id, STATUS.SUCCEEDED, now, r.result_ttl, f[3], f[4], r)
       count(TALLY.DONE)
       count_type(TALLY.SUCCEEDED, task_type)
     elseif outcome == STATUS.RETRYING then
@@ -84,6 +84,7 @@ for stream, deliveries in pairs(acks) do
   end
 end
 trim_dead(KEYS[3], prefix, now, r)
+write_endings(prefix, now, r)
 if #timings > 0 then
   for first = 1, #timings, 1000 do  -- unpack() of a very long list would overflow Lua's stack
     redis.call('RPUSH', KEYS[4], unpack(timings, first, math.min(first + 999, #timings)))

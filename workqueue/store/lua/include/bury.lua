@@ -1,4 +1,4 @@
--- include: keys, retention, tally
+-- include: keys, retention, tally, ended
 -- Make a job dead, the one way every script does it: its record keeps the error and expires after
 -- the dead TTL, its id goes on the dead set under a score unique within this call (so paging the set
 -- by score loses none), and it counts as a failed attempt and a death of its type. `...` are more
@@ -7,7 +7,7 @@ local buried = 0
 local function bury(dead, job, id, task_type, now, err, key, key_ttl, r, ...)
   redis.call('HSET', job, 'status', STATUS.DEAD, 'finished_at', now, 'error', err, ...)
   redis.call('HDEL', job, 'entry')
-  expire_ended(job, r.dead_ttl, key, key_ttl, r)
+  ended(job, id, STATUS.DEAD, now, r.dead_ttl, key, key_ttl, r)
   redis.call('ZADD', dead, now + buried / 1000000, id)
   buried = buried + 1
   count(TALLY.FAILED)
