@@ -96,7 +96,8 @@ def service_metrics(service: Service) -> dict[str, Any]:
 def write_config(directory: Path, redis_url: str, **values: Any) -> Path:
     """A config.toml for service processes: our Redis, the fixture plugins, and `values`."""
     directory.mkdir(parents=True, exist_ok=True)
-    lines = [f'redis_url = "{redis_url}"', f'plugin_dirs = ["{FIXTURE_PLUGINS}"]']
+    values = {"plugin_dirs": [str(FIXTURE_PLUGINS)], **values}
+    lines = [f'redis_url = "{redis_url}"']
     lines += [f"{k} = {orjson.dumps(v).decode()}" for k, v in values.items()]
     path = directory / "config.toml"
     path.write_text("\n".join(lines) + "\n")

@@ -14,7 +14,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,8 @@ MAX_DELAY = 366 * 24 * 3600.0
 MAX_PRIORITY = 9
 MAX_KEY_LENGTH = 256
 # Queue names go inside Redis key hash tags `{name}`, so braces and spaces are out.
-QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+QUEUE_PATTERN = r"[A-Za-z0-9_.-]{1,64}"
+QUEUE_NAME = re.compile(QUEUE_PATTERN + r"\Z")
 QUEUE_EXPECTED = "a queue name of letters, digits, '_', '-' or '.' (1-64 characters)"
 
 
@@ -157,13 +158,39 @@ def checked(check: Callable[[Any], Any], value: Any, where: str, status: int = 4
 
 # -- requests -----------------------------------------------------------------------------------
 
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One field of a job request: its checker, and its JSON Schema and description for the
+    OpenAPI document (api/openapi.py), so the document and the checks cannot drift apart."""
+
+    name: str
+    check: Callable[[Any], Any]
+    schema: dict[str, Any]
+    description: str
+
+
+FIELDS = (
+    Field("type", task_type, {"type": "string", "minLength": 1}, "the task type to run: a loaded plugin's"),
+    Field("payload", payload, {"type": "object"}, "the handler's input; checked against the task type's schema"),
+    Field("retries", retries, {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES},
+          "how many times a failed attempt is tried again (default: the task type's, else default_retries)"),
+    Field("queue", queue, {"type": "string", "pattern": f"^{QUEUE_PATTERN}$"}, "the queue (default: default)"),
+    Field("timeout", timeout, {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT},
+          "seconds one attempt may run (default: the task type's, else default_timeout)"),
+    Field("priority", priority, {"type": "integer", "minimum": 0, "maximum": MAX_PRIORITY},
+          "0-9, higher runs first (default 0)"),
+    Field("delay", delay, {"type": "number", "minimum": 0, "maximum": MAX_DELAY},
+          "start no earlier than this many seconds from now"),
+    Field("run_at", run_at, {"oneOf": [{"type": "string", "format": "date-time"}, {"type": "number", "minimum": 0}]},
+          "start no earlier than this time: RFC 3339 with an offset, or epoch seconds (at most a year ahead)"),
+    Field("key", key, {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+          "idempotency key: the same key and work make no second job (same as the Idempotency-Key header)"),
+)
+
 # The fields a request may carry, lower-cased, each with its checker (type and payload are checked
 # in `parse_spec`, where the task type's declaration is known). Anything else is refused, so a typo
 # ("retires") is reported instead of silently falling back to a default.
-REQUEST_FIELDS: dict[str, Callable[[Any], Any]] = {
-    "type": task_type, "payload": payload, "retries": retries, "queue": queue, "timeout": timeout,
-    "priority": priority, "delay": delay, "run_at": run_at, "key": key,
-}
+REQUEST_FIELDS: dict[str, Callable[[Any], Any]] = {f.name: f.check for f in FIELDS}
 
 
 def parse_specs(

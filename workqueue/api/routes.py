@@ -21,6 +21,7 @@ from ..specs import parse_specs, valid_queue_name
 from ..store import Enqueued
 from .body import read_json
 from .middleware import error, json_response
+from .openapi import document
 from .state import LOG, METRICS, QUEUE, REQUEST_ID, SETTINGS, TASKS, WAITER
 
 MAX_WAIT = 60.0  # seconds a GET /jobs/{id}?wait may hold a request
@@ -268,6 +269,10 @@ async def workers(request: web.Request) -> web.Response:
     return json_response({"workers": live, "count": len(live)})
 
 
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(document(request.app[SETTINGS], request.app[TASKS]))
+
+
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
@@ -298,3 +303,4 @@ def add_routes(app: web.Application, settings: Settings) -> None:
     app.router.add_delete("/dead/{id}", drop_dead)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", openapi)
