@@ -48,8 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({', '.join(sorted(tasks)) or 'no task types'})", file=sys.stderr, flush=True)
 
     try:
+        # A deeper listen backlog than aiohttp's 128: thousands of clients (waiting requests, a
+        # burst of enqueues) may connect at once, and a full backlog makes them retry after a second.
         web.run_app(app, host=settings.host, port=settings.port, print=announce, access_log=None,
-                    shutdown_timeout=5, handle_signals=True)
+                    shutdown_timeout=5, handle_signals=True, backlog=1024)
     except ConfigError as e:  # found at start-up, once Redis could be asked
         print(f"workqueue: {e}", file=sys.stderr)
         return 2
