@@ -69,6 +69,8 @@ def enqueue(client: Client, args: argparse.Namespace, out: Output) -> None:
     if args.file is not None:
         enqueue_file(client, args, out)
         return
+    if args.type is None:
+        args.parser.error("give the TYPE of the job (and its PAYLOAD_JSON), or --file")
     payload = parse_json(args.payload, "PAYLOAD_JSON", args.parser)
     done = client.enqueue(args.type, payload, queue=args.queue, delay=args.delay, key=args.key, retries=args.retries,
                           priority=args.priority)
