@@ -5,7 +5,6 @@ redis, which a web app that only uses `Client` to enqueue should not have to loa
 `AsyncClient` are too, the other way round: a worker process has no use for httpx.
 """
 
-import importlib as _importlib
 import typing as _typing
 
 from .errors import (
@@ -32,8 +31,7 @@ if _typing.TYPE_CHECKING:  # what the lazy names are, for type checkers and edit
     from .client import AsyncClient, Client
     from .config import Settings
 
-# name -> the module that defines it
-_LAZY = {"create_app": ".api", "Settings": ".config", "Client": ".client", "AsyncClient": ".client"}
+_LAZY = ("create_app", "Settings", "Client", "AsyncClient")
 
 __all__ = [
     "APIError",
@@ -57,11 +55,28 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> _typing.Any:
-    if name in _LAZY:
-        value = getattr(_importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value  # once imported, an ordinary attribute
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    # Plain imports, not import_module: the names are fixed, nothing is imported by a name given at run time.
+    value: object
+    if name == "create_app":
+        from .api import create_app
+
+        value = create_app
+    elif name == "Settings":
+        from .config import Settings
+
+        value = Settings
+    elif name == "Client":
+        from .client import Client
+
+        value = Client
+    elif name == "AsyncClient":
+        from .client import AsyncClient
+
+        value = AsyncClient
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # once imported, an ordinary attribute
+    return value
 
 
 def __dir__() -> list[str]:
