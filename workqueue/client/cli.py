@@ -48,11 +48,16 @@ class Output:
         self.errors = Console(stderr=True, highlight=False)
 
     def show(self, document: Any, view: Callable[[], Any]) -> None:
-        """`document` as JSON with --json, else what `view()` renders."""
+        """`document` as JSON with --json, else what `view()` renders: a table, or plain text (a
+        job's result, say), which is printed as it is, neither wrapped nor read as rich markup."""
         if self.as_json:
             print(json.dumps(document, ensure_ascii=False))
+            return
+        shown = view()
+        if isinstance(shown, str):
+            print(shown)
         else:
-            self.console.print(view())
+            self.console.print(shown)
 
     def say(self, document: Any, line: str) -> None:
         self.show(document, lambda: line)
@@ -198,7 +203,9 @@ def redrive_all(client: Client, queue: str | None, type: str | None, out: Output
             fresh = [i for i in ids if i not in seen]
             seen.update(fresh)
             moved += fresh
-            bar.update(task, advance=len(fresh), total=max(total or 0, len(moved)) if total is not None else None)
+            if total is not None and len(moved) > total:  # jobs that died meanwhile
+                bar.update(task, total=len(moved))
+            bar.advance(task, len(fresh))
             if len(ids) < BATCH or len(fresh) < len(ids):
                 break
         bar.update(task, total=len(moved), completed=len(moved))
@@ -268,10 +275,12 @@ def each(ids: Sequence[str], act: Callable[[str], T]) -> tuple[list[T], list[str
 
 
 def fail_if(refused: Sequence[str], tried: int) -> None:
-    for line in refused:
+    """One line per refused id on stderr (the last one from main), then exit status 1."""
+    if not refused:
+        return
+    for line in refused[:-1]:
         report(line)
-    if refused:
-        raise Failed(f"{len(refused)} of {tried} refused")
+    raise Failed(refused[-1] if tried == 1 else f"{refused[-1]} ({len(refused)} of {tried} refused)")
 
 
 def with_cursor(grid: Any, cursor: str | None) -> Any:
