@@ -355,6 +355,7 @@ def test_jobs_lists_a_queue_in_one_status_page_by_page(service: Service) -> None
 
 
 @pytest.mark.route("POST", "/queues/default/pause")
+@pytest.mark.route("GET", "/queues")
 def test_pause_holds_a_queues_jobs_until_resume(service: Service) -> None:
     with Client(service.url) as client:
         client.pause("default")
