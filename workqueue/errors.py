@@ -9,10 +9,13 @@
     │   └── StoreUnavailable  Redis cannot be reached right now; HTTP 503 with Retry-After
     │       ├── StoreOutOfMemory    Redis is at its maxmemory and refused the write whole
     │       └── ReplicaUnconfirmed  durability = "replica" and no replica confirmed a write in time
-    └── QueueFull           the queue is at its max_length; HTTP 503 with Retry-After
+    ├── QueueFull           the queue is at its max_length; HTTP 503 with Retry-After
+    ├── APIError            the client: the service answered an error (`status`, `message`)
+    └── ServiceUnreachable  the client: no answer from the service, after its retries
 
 Redis errors become StoreError or StoreUnavailable at one boundary, the store (`workqueue.store`):
-no other module sees a redis-py exception.
+no other module sees a redis-py exception. HTTP errors become APIError or ServiceUnreachable at one
+boundary too, the client's `operations` module: no caller of the client sees an httpx exception.
 """
 
 from __future__ import annotations
@@ -71,3 +74,19 @@ class QueueFull(WorkqueueError):
 class PermanentError(WorkqueueError):
     """Raise from a handler when retrying cannot help (bad input, a refused recipient): the job is
     dead at once, keeping this message as its error."""
+
+
+class APIError(WorkqueueError):
+    """The service refused or failed a request: `status` is the HTTP status, `message` the answer's
+    `error` field (which names the field at fault). Raised by `Client` and `AsyncClient` at once for
+    every 4xx and 5xx but a 503, and for a 503 once the retries are spent."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class ServiceUnreachable(WorkqueueError):
+    """The client got no answer from the service (connection refused or reset, no answer within its
+    timeout) on any of its tries. The cause (`__cause__`) is the last httpx error."""
