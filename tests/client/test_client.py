@@ -328,11 +328,11 @@ def test_wait_is_one_request_when_the_service_holds_the_answer(service: Service)
 @pytest.mark.route("GET", "/queues")
 def test_queues_lists_every_queue_with_its_counts(service: Service) -> None:
     with Client(service.url) as client:
-        client.wait(client.enqueue("fail", {}, retries=0, queue="q1").id, timeout=10)
+        client.wait(client.enqueue("fail", {}, retries=0).id, timeout=10)  # the worker serves default
         client.enqueue("echo", {}, queue="q2", delay=60)
         queues = {q.name: q for q in client.queues()}
-    assert {"q1", "q2"} <= set(queues)
-    assert (queues["q1"].dead, queues["q1"].paused) == (1, False)
+    assert {"default", "q2"} <= set(queues)
+    assert (queues["default"].dead, queues["default"].paused) == (1, False)
     assert queues["q2"].scheduled == 1 and queues["q2"].limits == ()
 
 
