@@ -49,7 +49,8 @@ def create_app(settings: Settings, tasks: dict[str, TaskType]) -> web.Applicatio
     app[SETTINGS] = settings
     app[TASKS] = tasks
     app[SCHEDULED] = scheduled
-    app[METRICS] = Metrics(tasks)
+    app[METRICS] = metrics = Metrics(tasks)
+    metrics.expect([queue for queue, _ in settings.queue_weights], settings.runs_worker, settings.runs_producer)
     app.cleanup_ctx.append(event_log)
     app.cleanup_ctx.append(store)
     if settings.runs_worker:

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from ..config import Settings
 from ..errors import StoreError, StoreUnavailable, ValidationError
-from ..job import TERMINAL, rfc3339, valid_id
+from ..job import TERMINAL, WAITING, rfc3339, valid_id
 from ..metrics import timing_summary, wants_prometheus
 from ..specs import parse_specs, valid_queue_name
 from ..store import Enqueued
@@ -40,9 +40,10 @@ async def enqueue(request: web.Request) -> web.Response:
             results = await request.app[QUEUE].enqueue(specs, settings.max_length)
     except TimeoutError as e:
         raise StoreUnavailable(f"redis did not answer within {bound:g} s") from e
-    log = request.app[LOG]
+    log, metrics = request.app[LOG], request.app[METRICS]
     for done in results:
         if done.created:
+            metrics.count_enqueued(done.spec.queue, done.spec.type)
             log.emit("enqueued", job_id=done.id, type=done.spec.type, queue=done.spec.queue, status=done.status,
                      request_id=request[REQUEST_ID])
     if isinstance(body, list):
@@ -101,6 +102,10 @@ async def cancel_job(request: web.Request) -> web.Response:
     before, after = changed
     if before in TERMINAL:
         return error(409, f"id: job {job_id} has already ended ({before}); nothing to cancel")
+    if before in WAITING:  # the cancel itself ended it (a running job is counted by its worker)
+        record = await request.app[QUEUE].get_job(job_id)
+        request.app[METRICS].count_job(record["queue"] if record else "other", record["type"] if record else "other",
+                                       "cancelled")
     request.app[LOG].emit("cancel_requested", job_id=job_id, previous_status=before)
     # A running job's handler is stopped by the worker holding it; the job is cancelled either way.
     return json_response({"id": job_id, "status": after, "previous_status": before})

@@ -56,12 +56,12 @@ class Worker:
         self.lifecycle = Lifecycle(self.name, log)
         self.inflight = InFlight(settings.concurrency)
         self.attempts = Attempts(settings, tasks, log, self.name)
-        self.recorder = Recorder(queue, log, self.lifecycle)
+        self.recorder = Recorder(queue, log, metrics, self.lifecycle)
         heartbeat = Heartbeat(queue, self.queues, self.name, settings.lease, self.describe, plugin_sources(tasks), log)
         self.lease = Lease(queue, self.queues, settings.lease, heartbeat, self.lifecycle, self.inflight,
-                           self.recorder, log)
+                           self.recorder, log, metrics)
         self.upkeep = Upkeep(queue, self.queues, self.inflight, self.lifecycle)
-        self.scheduler = Scheduler(settings.schedule, scheduled, queue, log) if settings.schedule else None
+        self.scheduler = Scheduler(settings.schedule, scheduled, queue, log, metrics) if settings.schedule else None
         self.fetcher: asyncio.Task[None] | None = None
         self.consumers: list[asyncio.Task[None]] = []
         self.busy: set[asyncio.Task[None]] = set()  # consumers running a job right now
@@ -174,9 +174,8 @@ class Worker:
                         resting[queue] = time.monotonic() + REDIS_PAUSE
                         continue
                     cursors[queue] = got.cursors
-                    for job_id in got.buried:
-                        self.log.emit("dead", "error", job_id=job_id, queue=queue, worker=self.name,
-                                      error="exceeded its delivery limit: every worker running it died")
+                    if got.buried:
+                        await self.buried(queue, got.buried)
                     fetched += len(got.jobs)
                     for job in got.jobs:
                         self.inflight.ready.put_nowait(job)
@@ -184,6 +183,19 @@ class Worker:
                 self.inflight.release(count - fetched)
             if fetched == 0:
                 await self.wait_for_work(cursors, resting)
+
+    async def buried(self, queue: str, ids: list[str]) -> None:
+        """Poison jobs the fetch made dead: logged, and counted (as the store counted them: a failed
+        attempt and a death) under their types, which the fetch does not return."""
+        try:
+            types = await self.queue.types(queue, ids)
+        except StoreError:
+            types = [None] * len(ids)
+        for job_id, task_type in zip(ids, types):
+            self.log.emit("dead", "error", job_id=job_id, queue=queue, worker=self.name,
+                          error="exceeded its delivery limit: every worker running it died")
+            for outcome in ("failed", "dead"):
+                self.metrics.count_job(queue, task_type or "other", outcome)
 
     def weighted_order(self) -> list[str]:
         """Queues in a random order where each comes first with probability weight / total weight."""
