@@ -9,8 +9,10 @@ started. So on SIGTERM the worker drains first, then Redis closes, then the log.
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -61,16 +63,32 @@ def create_app(settings: Settings, tasks: dict[str, TaskType]) -> web.Applicatio
 
 async def event_log(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    log = EventLog(settings.log_path, settings.log_level, settings.log_events, settings.log_exclude)
+    log = EventLog(settings.log_path, settings.log_level, settings.log_events, settings.log_exclude,
+                   settings.log_max_bytes, settings.log_backups)
     log.start()
     app[LOG] = log
+    app[METRICS].counts.log_dropped = lambda: log.dropped
+    # SIGHUP reopens logs.txt (logrotate moves it, then signals). One more handler on the loop:
+    # aiohttp's own for SIGINT and SIGTERM stay as they are.
+    hangup = install_signal(signal.SIGHUP, log.reopen)
     for task in app[TASKS].values():
         log.emit("plugin_loaded", type=task.name, plugin=task.plugin, source=task.source)
     log.emit("service_started", role=settings.role, redis=redact_url(settings.redis_url),
              host=settings.host, port=settings.port)
     yield
     log.emit("service_stopped", role=settings.role)
+    if hangup:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
     await log.close()
+
+
+def install_signal(number: int, handler: Callable[[], None]) -> bool:
+    """Handle a signal on the running loop; False where that is impossible (not the main thread)."""
+    try:
+        asyncio.get_running_loop().add_signal_handler(number, handler)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return False
+    return True
 
 
 async def store(app: web.Application) -> AsyncIterator[None]:
