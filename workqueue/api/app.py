@@ -13,6 +13,7 @@ import asyncio
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -28,7 +29,10 @@ from ..task import check_settings
 from ..worker import Worker
 from .middleware import auth_middleware, error_middleware, request_middleware
 from .routes import add_routes
-from .state import LOG, METRICS, QUEUE, SCHEDULED, SETTINGS, TASKS, WORKER
+from .state import LOG, METRICS, QUEUE, SCHEDULED, SETTINGS, TASKS, TRACING, WORKER
+
+if TYPE_CHECKING:
+    from ..tracing import Tracing
 
 
 def create_app(settings: Settings, tasks: dict[str, TaskType]) -> web.Application:
@@ -53,12 +57,32 @@ def create_app(settings: Settings, tasks: dict[str, TaskType]) -> web.Applicatio
     app[SCHEDULED] = scheduled
     app[METRICS] = metrics = Metrics(tasks)
     metrics.expect([queue for queue, _ in settings.queue_weights], settings.runs_worker, settings.runs_producer)
+    if settings.tracing:
+        app[TRACING] = load_tracing()
+        app.cleanup_ctx.append(tracing)  # first in, last out: the worker's last spans are exported
     app.cleanup_ctx.append(event_log)
     app.cleanup_ctx.append(store)
     if settings.runs_worker:
         app.cleanup_ctx.append(worker)
     add_routes(app, settings)
     return app
+
+
+def load_tracing() -> Tracing:
+    """Tracing as OTEL_* configures it; ConfigError naming the extra when OpenTelemetry is missing."""
+    try:
+        from ..tracing import Tracing
+    except ImportError as e:
+        if not (e.name or "").startswith("opentelemetry"):
+            raise
+        raise ConfigError("tracing: true needs OpenTelemetry, which is not installed; "
+                          "pip install 'workqueue[otel]' (or set tracing = false)") from None
+    return Tracing.start()
+
+
+async def tracing(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await asyncio.to_thread(app[TRACING].shutdown)  # exports what is left: it may wait on the network
 
 
 async def event_log(app: web.Application) -> AsyncIterator[None]:
@@ -127,7 +151,7 @@ async def check_redis(queue: Queue, s: Settings, log: EventLog) -> None:
 
 
 async def worker(app: web.Application) -> AsyncIterator[None]:
-    w = Worker(app[SETTINGS], app[QUEUE], app[TASKS], app[LOG], app[METRICS], app[SCHEDULED])
+    w = Worker(app[SETTINGS], app[QUEUE], app[TASKS], app[LOG], app[METRICS], app[SCHEDULED], app.get(TRACING))
     await w.start()
     app[WORKER] = w
     yield

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -14,13 +15,13 @@ from aiohttp import web
 
 from ..config import Settings
 from ..errors import StoreError, StoreUnavailable, ValidationError
-from ..job import TERMINAL, WAITING, rfc3339, valid_id
+from ..job import TERMINAL, WAITING, JobSpec, rfc3339, valid_id
 from ..metrics import timing_summary, wants_prometheus
 from ..specs import parse_specs, valid_queue_name
 from ..store import Enqueued
 from .body import read_json
 from .middleware import error, json_response
-from .state import LOG, METRICS, QUEUE, REQUEST_ID, SETTINGS, TASKS
+from .state import LOG, METRICS, QUEUE, REQUEST_ID, SETTINGS, TASKS, TRACING
 
 
 async def enqueue(request: web.Request) -> web.Response:
@@ -35,11 +36,14 @@ async def enqueue(request: web.Request) -> web.Response:
     # (SIGSTOP, CLIENT PAUSE) answers 503 this fast, not after a retry or two. With durability
     # "replica", the wait for a replica's confirmation (itself bounded by redis_timeout) comes on top.
     bound = settings.redis_timeout * (2 if settings.durability == "replica" else 1)
-    try:
-        async with asyncio.timeout(bound):
-            results = await request.app[QUEUE].enqueue(specs, settings.max_length)
-    except TimeoutError as e:
-        raise StoreUnavailable(f"redis did not answer within {bound:g} s") from e
+    tracing = request.app.get(TRACING)
+    if tracing is None:
+        results = await store_jobs(request, specs, bound)
+    else:  # the request's trace context (a child span of it, in fact) is kept with each job
+        with tracing.enqueue(request.headers, specs) as (span, context):
+            results = await store_jobs(request, [replace(s, trace=context) for s in specs], bound)
+            if len(results) == 1:
+                span.set_attribute("workqueue.job_id", results[0].id)
     log, metrics = request.app[LOG], request.app[METRICS]
     for done in results:
         if done.created:
@@ -51,6 +55,14 @@ async def enqueue(request: web.Request) -> web.Response:
     (done,) = results
     # An idempotent repeat answers 200 with the job the key already names; a new job is 202.
     return json_response(accepted(done), 202 if done.created else 200, {"Location": f"/jobs/{done.id}"})
+
+
+async def store_jobs(request: web.Request, specs: list[JobSpec], bound: float) -> list[Enqueued]:
+    try:
+        async with asyncio.timeout(bound):
+            return await request.app[QUEUE].enqueue(specs, request.app[SETTINGS].max_length)
+    except TimeoutError as e:
+        raise StoreUnavailable(f"redis did not answer within {bound:g} s") from e
 
 
 def accepted(done: Enqueued) -> dict[str, Any]:

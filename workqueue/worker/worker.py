@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
 from ..errors import StoreError
@@ -38,14 +38,18 @@ from .lifecycle import REDIS_PAUSE, Lifecycle, Phase, cancel_all
 from .recorder import Recorder
 from .upkeep import Scheduler, Upkeep
 
+if TYPE_CHECKING:  # workqueue.tracing imports opentelemetry: only loaded when tracing is on
+    from ..tracing import Tracing
+
 # Longest wait between two tries to reach Redis while the worker starts.
 START_PAUSE_MAX = 5.0
 
 
 class Worker:
     def __init__(self, settings: Settings, queue: Queue, tasks: dict[str, TaskType], log: EventLog,
-                 metrics: Metrics, scheduled: Sequence[JobSpec] = ()) -> None:
+                 metrics: Metrics, scheduled: Sequence[JobSpec] = (), tracing: Tracing | None = None) -> None:
         self.settings = settings
+        self.tracing = tracing
         self.queue = queue
         self.log = log
         self.metrics = metrics
@@ -242,25 +246,34 @@ class Worker:
             ctx = self.attempts.context(job)
             inflight.start(job, me, ctx, started)
             outcome: Outcome | None = None
+            run = self.tracing.run(job) if self.tracing is not None else None
             try:
                 outcome = await self.attempts.run(job, ctx)
             except asyncio.CancelledError:
                 if job.id not in inflight.interrupted:
+                    if run is not None:
+                        run.end(None, "handed back")
                     raise  # this worker is stopping: the job is handed back
             finally:
                 self.busy.discard(me)
                 finished = time.time()
                 why = inflight.end(job.id, finished - started)
+                if run is not None:
+                    run.leave()
             if why is not None:
                 # The cancellation was for this job only (a cancel request, its timeout, a lost
                 # lease): the consumer goes on. Whatever the handler returned after it is discarded.
                 while me.cancelling():
                     me.uncancel()
                 if why is Interruption.LOST:
+                    if run is not None:
+                        run.end(None, "lost")
                     inflight.release()  # another worker has this job now; our outcome would be refused
                     continue
                 outcome = self.attempts.interrupted(job, why)
             assert outcome is not None
+            if run is not None:
+                run.end(outcome)
             self.metrics.observe_job(job.queue, job.type, started - job.due_at, finished - started)
             outcome.wait, outcome.run = max(0.0, started - job.due_at), finished - started
             self.recorder.add(outcome, started, finished)
