@@ -44,8 +44,9 @@ ENDINGS = frozenset({Status.SUCCEEDED, Status.RETRYING, Status.DEAD, Status.CANC
 
 class Tally(StrEnum):
     """The cluster-wide counters of a queue's stats hash: events, counted as they happen. The first
-    group is kept per queue; the per task type counters ('<tally>|<type>') are the `outcome` label
-    of workqueue_jobs_total (succeeded, failed, retried, dead, cancelled, recovered)."""
+    group is kept per queue; the per task type counters ('<tally>|<type>') are the JSON view's
+    `types` (succeeded, failed, retried, dead, cancelled, recovered), the outcomes that each process
+    also counts for itself in workqueue_jobs_total."""
 
     ENQUEUED = "enqueued"
     DONE = "done"  # succeeded (the Go service's jobs_done)

@@ -178,11 +178,11 @@ class Worker:
                         resting[queue] = time.monotonic() + REDIS_PAUSE
                         continue
                     cursors[queue] = got.cursors
-                    if got.buried:
-                        await self.buried(queue, got.buried)
                     fetched += len(got.jobs)
                     for job in got.jobs:
                         self.inflight.ready.put_nowait(job)
+                    if got.buried:
+                        await self.buried(queue, got.buried)
             finally:
                 self.inflight.release(count - fetched)
             if fetched == 0:
