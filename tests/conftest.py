@@ -267,11 +267,12 @@ class Service:
         environment = {k: v for k, v in os.environ.items() if not k.startswith("WORKQUEUE_")}
         environment.update(env or {})
         self.stderr = (directory / "stderr.txt").open("wb")
+        self.stdout = (directory / "stdout.txt").open("wb")  # e.g. spans of OTEL_TRACES_EXPORTER=console
         self.process = subprocess.Popen(
             [sys.executable, "-m", "workqueue", "--port", str(self.port), *args],
             cwd=directory,
             env=environment,
-            stdout=subprocess.DEVNULL,
+            stdout=self.stdout,
             stderr=self.stderr,
         )
 
@@ -302,6 +303,9 @@ class Service:
         self.stderr.flush()
         return (self.directory / "stderr.txt").read_text(errors="replace")
 
+    def read_stdout(self) -> str:
+        return (self.directory / "stdout.txt").read_text(errors="replace")
+
     def signal(self, sig: int) -> None:
         self.process.send_signal(sig)
 
@@ -313,6 +317,7 @@ class Service:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
         self.stderr.close()
+        self.stdout.close()
 
 
 @pytest.fixture

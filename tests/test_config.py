@@ -159,6 +159,11 @@ BAD_VALUES = [
     ("api_token = 5", "api_token"),
     ("plugins = 3", "plugins"),
     ("plugins = { send_email = 3 }", "plugins"),
+    ("log_max_bytes = 100", "log_max_bytes"),
+    ('log_max_bytes = "big"', "log_max_bytes"),
+    ("log_backups = -1", "log_backups"),
+    ("log_backups = 1001", "log_backups"),
+    ('tracing = "yes"', "tracing"),
 ]
 
 

@@ -6,6 +6,9 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
+import pytest
+
 from tests.conftest import async_wait_for, read_log
 from workqueue.logs import EventLog, redact_url
 
@@ -137,3 +140,123 @@ def test_redact_url_hides_a_password_given_as_query_parameter() -> None:
     # redis-py's from_url accepts ?password=..., so it is a Redis password like any other.
     redacted = redact_url("redis://127.0.0.1:6379/0?password=s3cret")
     assert "s3cret" not in redacted
+
+
+# -- size, rotation, reopening, a full disk (issue 17) ------------------------------------------
+
+
+def lines_of(path: Path) -> list[int]:
+    """The `n` of every line of one file; every line must be whole JSON."""
+    data = path.read_bytes()
+    assert not data or data.endswith(b"\n"), f"{path.name} ends inside a line"
+    return [orjson.loads(line)["n"] for line in data.splitlines()]
+
+
+def rotated(path: Path) -> list[Path]:
+    """logs.txt's rotated files, oldest first."""
+    return sorted(path.parent.glob(path.name + ".*"), key=lambda p: -int(p.suffix[1:]))
+
+
+async def emit_in_batches(log: EventLog, batches: int, per_batch: int) -> int:
+    """Emit lines of varied length, letting the writer take each batch before the next."""
+    n = 0
+    for _ in range(batches):
+        for _ in range(per_batch):
+            log.emit("tick", n=n, pad="x" * (n % 97))
+            n += 1
+        await async_wait_for(lambda: not log.lines, 5, "the writer to take the batch")
+    return n
+
+
+async def test_rotation_keeps_every_line_exactly_once_in_order_and_every_file_under_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "logs.txt"
+    log = EventLog(str(path), max_bytes=4096, backups=1000)
+    log.start()
+    n = await emit_in_batches(log, 40, 25)
+    await log.close()
+
+    files = [*rotated(path), path]
+    assert len(files) > 20, files
+    seen = [i for f in files for i in lines_of(f)]
+    assert seen == list(range(n))  # every line once, in order: none lost, none split, none twice
+    for f in files:
+        assert 0 < f.stat().st_size <= 4096, (f.name, f.stat().st_size)
+    assert log.dropped == 0
+
+
+async def test_rotation_keeps_at_most_log_backups_files_and_drops_the_oldest(tmp_path: Path) -> None:
+    path = tmp_path / "logs.txt"
+    log = EventLog(str(path), max_bytes=2048, backups=3)
+    log.start()
+    n = await emit_in_batches(log, 30, 20)
+    await log.close()
+
+    assert [f.name for f in rotated(path)] == ["logs.txt.3", "logs.txt.2", "logs.txt.1"]
+    kept = [i for f in [*rotated(path), path] for i in lines_of(f)]
+    assert kept == list(range(n - len(kept), n))  # the newest lines, contiguous and in order
+    for f in [*rotated(path), path]:
+        assert f.stat().st_size <= 2048
+
+
+async def test_with_no_backups_logs_txt_restarts_empty_at_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "logs.txt"
+    log = EventLog(str(path), max_bytes=2048, backups=0)
+    log.start()
+    n = await emit_in_batches(log, 10, 20)
+    await log.close()
+
+    assert rotated(path) == []
+    kept = lines_of(path)
+    assert kept and kept[-1] == n - 1 and path.stat().st_size <= 2048
+
+
+async def test_a_line_longer_than_the_limit_is_written_whole_in_a_file_of_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "logs.txt"
+    log = EventLog(str(path), max_bytes=1024, backups=5)
+    log.start()
+    log.emit("tick", n=0)
+    log.emit("tick", n=1, pad="y" * 3000)
+    log.emit("tick", n=2)
+    await log.close()
+
+    assert [lines_of(f) for f in [*rotated(path), path]] == [[0], [1], [2]]
+
+
+async def test_reopen_after_a_rename_writes_the_next_lines_to_a_new_file(tmp_path: Path) -> None:
+    """logrotate's way: move the file, then signal; nothing is lost across the move."""
+    path = tmp_path / "logs.txt"
+    log = EventLog(str(path))
+    log.start()
+    for n in range(50):
+        log.emit("tick", n=n)
+    await async_wait_for(lambda: not log.lines, 5, "the writer to take the lines")
+    path.rename(tmp_path / "logs.txt.moved")
+    log.emit("tick", n=50)  # may still land in the moved file: it is open until the reopen
+    log.reopen()
+    await async_wait_for(path.exists, 5, "a new logs.txt")
+    for n in range(51, 100):
+        log.emit("tick", n=n)
+    await log.close()
+
+    old, new = lines_of(tmp_path / "logs.txt.moved"), lines_of(path)
+    assert old + new == list(range(100))
+    assert new[-1] == 99 and 51 in new
+
+
+async def test_lines_a_full_disk_refuses_are_counted_and_warned_about_once_a_minute(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = EventLog("/dev/full")  # every write fails: ENOSPC
+    log.start()
+    for n in range(30):
+        log.emit("tick", n=n)
+        await async_wait_for(lambda: not log.lines, 5, "the writer to take the line")
+    assert log.dropped == 30
+    assert capsys.readouterr().err.count("cannot write /dev/full") == 1
+    log.warned_at -= 61  # a minute later
+    log.emit("tick", n=30)
+    await log.close()
+    assert log.dropped == 31
+    warning = capsys.readouterr().err
+    assert warning.count("cannot write /dev/full") == 1
+    assert "No space left on device" in warning and "workqueue_log_lines_dropped_total" in warning

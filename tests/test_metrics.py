@@ -174,9 +174,9 @@ async def test_metrics_answers_prometheus_format_when_asked(both: Client, accept
     else:
         assert text.endswith("# EOF\n")
         names = {f.name for f in parse_openmetrics(text)}
-    assert {"workqueue_jobs", "workqueue_queue_jobs", "workqueue_oldest_waiting_job_age_seconds", "workqueue_workers",
-            "workqueue_job_wait_seconds", "workqueue_job_run_seconds", "workqueue_http_requests",
-            "workqueue_http_request_duration_seconds"} <= names
+    assert {"workqueue_jobs", "workqueue_jobs_enqueued", "workqueue_log_lines_dropped", "workqueue_queue_jobs",
+            "workqueue_oldest_waiting_job_age_seconds", "workqueue_workers", "workqueue_job_wait_seconds",
+            "workqueue_job_run_seconds", "workqueue_http_requests", "workqueue_http_request_duration_seconds"} <= names
 
 
 # -- 4. JSON percentiles -----------------------------------------------------------------------
@@ -414,9 +414,11 @@ async def test_a_job_type_unknown_to_the_scraping_process_is_labelled_other(
     assert "secret_type" not in text
     routes = {s.labels["route"] for s in samples if s.name == "workqueue_http_requests_total"}
     assert {"/jobs/{id}", "unmatched"} <= routes
-    # The producer knows the type: it labels it by name.
+    # The producer ran nothing, so it counts no outcome; it knows the type it enqueued, by name.
     producer_samples = samples_of(await prometheus_text(producer))
-    assert jobs_by_type(producer_samples) == {"echo": {"succeeded": 1}, "secret_type": {"failed": 1, "dead": 1}}
+    assert jobs_by_type(producer_samples) == {}
+    assert value(producer_samples, "workqueue_jobs_enqueued_total", queue="default", type="secret_type") == 1
+    assert value(producer_samples, "workqueue_jobs_enqueued_total", queue="default", type="echo") == 1
 
     for client in (worker, producer):
         for accept in ("text/plain", "application/openmetrics-text"):
@@ -459,6 +461,11 @@ async def test_queues_past_one_hundred_fold_into_other(
     assert queues == {f"q{i:03d}" for i in range(100)} | {"other"}
     assert value(samples, "workqueue_queue_jobs", queue="other", state="waiting") == 5
     assert value(samples, "workqueue_queue_jobs", queue="q000", state="waiting") == 1
+    # This process's own counter: its first 100 queues keep their names ("default" is one, from its
+    # settings), the rest fold into "other".
+    enqueued = {s.labels["queue"]: s.value for s in samples if s.name == "workqueue_jobs_enqueued_total"}
+    assert len(enqueued) == 101 and enqueued["other"] == 6 and enqueued["q000"] == 1, enqueued
+    assert enqueued["default"] == 0
 
 
 async def test_one_request_with_jobs_on_two_queues_is_counted_per_queue(

@@ -39,6 +39,8 @@ class Settings:
     log_level: str = "info"
     log_events: tuple[str, ...] = ()  # only these events are logged; empty: all
     log_exclude: tuple[str, ...] = ()  # these events are never logged
+    log_max_bytes: int = 100 * 1024 * 1024  # logs.txt rotates before it would pass this size
+    log_backups: int = 5  # rotated files kept: logs.txt.1 (newest) ... logs.txt.<n>
     api_token: str = ""
     max_body_bytes: int = 1024 * 1024
     max_batch: int = 1000
@@ -58,6 +60,7 @@ class Settings:
     redis_timeout: float = 2.0
     durability: str = "primary"  # or "replica": a write counts once a replica confirmed it
     strict_redis: bool = False  # refuse to start on a Redis that can lose jobs (an evicting policy)
+    tracing: bool = False  # OpenTelemetry spans for enqueues and attempts (needs the `otel` extra)
     plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     schedule: tuple[Schedule, ...] = ()  # parsed once, here
 
@@ -250,6 +253,10 @@ def check(s: Settings) -> None:
                 "redis_timeout"):
         if not getattr(s, key) > 0:
             fail(key, "a number of seconds > 0")
+    if s.log_max_bytes < 1024:
+        fail("log_max_bytes", "an integer >= 1024 (bytes)")
+    if not 0 <= s.log_backups <= 1000:
+        fail("log_backups", "an integer from 0 to 1000 (0: no rotated file is kept)")
     if s.grace_period < 0:
         fail("grace_period", "a number of seconds >= 0")
     if not s.queues:

@@ -44,8 +44,9 @@ ENDINGS = frozenset({Status.SUCCEEDED, Status.RETRYING, Status.DEAD, Status.CANC
 
 class Tally(StrEnum):
     """The cluster-wide counters of a queue's stats hash: events, counted as they happen. The first
-    group is kept per queue; the per task type counters ('<tally>|<type>') are the `outcome` label
-    of workqueue_jobs_total (succeeded, failed, retried, dead, cancelled, recovered)."""
+    group is kept per queue; the per task type counters ('<tally>|<type>') are the JSON view's
+    `types` (succeeded, failed, retried, dead, cancelled, recovered), the outcomes that each process
+    also counts for itself in workqueue_jobs_total."""
 
     ENQUEUED = "enqueued"
     DONE = "done"  # succeeded (the Go service's jobs_done)
@@ -80,6 +81,7 @@ class JobSpec:
     run_at: float | None = None  # epoch seconds; None starts at once
     key: str | None = None  # idempotency key
     key_ttl: float | None = None  # how long the key outlives the job; None: the configured default
+    trace: str | None = None  # W3C trace context (traceparent[ tracestate]) to keep with the job
 
 
 @dataclass(slots=True)  # not frozen: built once per job on the hot path, where frozen's __init__ costs
@@ -97,6 +99,7 @@ class Job:
     due_at: float  # when it could start: its enqueue time, or its run_at (delay, retry backoff)
     level: int = 0  # the priority stream that delivered it (requeued jobs come from the top one)
     priority: int = 0
+    trace: str | None = None  # the trace context stored with the job (tracing), if any
 
 
 @dataclass(slots=True)  # not frozen: one per attempt on the hot path; the worker fills in wait and run

@@ -1,18 +1,20 @@
 """Numbers about jobs and requests: the JSON view and the Prometheus exposition of GET /metrics.
 
-Two sources, kept apart on purpose:
-- cluster-wide state and counters live in Redis (the queue module's `stats`), so every process
-  reports the same totals; they are read at each scrape and exposed through a custom collector;
-- latency histograms (job wait and run times, HTTP requests) are this process's own observations,
-  as Prometheus expects: it sums them across processes.
-Each app owns its registry (no module-level global), so tests and several apps in one process do
-not mix their numbers.
+Two kinds of Prometheus numbers, kept apart on purpose, so that every query in the README gives
+the true value when every process of a fleet is scraped:
+- this process's own counts: jobs by outcome (counted by the worker that recorded them), jobs
+  enqueued (counted by the process that enqueued them), log lines dropped, and the latency
+  histograms. Each event is counted by exactly one process, so `sum` across instances is right;
+- cluster-wide state read from Redis at each scrape (queue depths, the oldest waiting job's age,
+  live workers): gauges every process exports identically, aggregated with `max`.
+The JSON view shows the cluster-wide counters Redis keeps. Each app owns its registry (no
+module-level global), so tests and several apps in one process do not mix their numbers.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -26,68 +28,101 @@ STATES = ("waiting", "scheduled", "active", "dead")
 # Job waits and runs span milliseconds to hours.
 JOB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 MAX_QUEUE_LABELS = 100  # queues are created by clients; past this many, the rest fold into "other"
+OTHER = "other"  # the label of task types this process did not load, and of queues past the bound
+ENQUEUED = "enqueued"  # counted beside the outcomes, exposed as a family of its own
 
 
 class ClusterCollector:
-    """Exposes the snapshot of Redis numbers taken just before the scrape."""
+    """Exposes the snapshot of Redis numbers taken just before the scrape: state, not counts, so
+    every process exports the same values (aggregate them with `max`)."""
 
     def __init__(self) -> None:
         self.snapshot: dict[str, Any] = {"queues": {}, "workers": 0}
-        self.known_types: frozenset[str] = frozenset()
 
     def describe(self) -> Iterable[Metric]:
         return []  # no fixed description: the metrics exist once a scrape has read Redis
 
     def collect(self) -> Iterable[Metric]:
-        jobs = CounterMetricFamily("workqueue_jobs", "Job attempts by outcome, cluster-wide",
-                                   labels=["queue", "type", "outcome"])
         state = GaugeMetricFamily("workqueue_queue_jobs", "Jobs in a queue by state, cluster-wide",
                                   labels=["queue", "state"])
         age = GaugeMetricFamily("workqueue_oldest_waiting_job_age_seconds",
-                                "Age of the oldest job waiting to be picked up", labels=["queue"])
+                                "Age of the oldest job waiting to be picked up, cluster-wide", labels=["queue"])
         for queue, row in self.queues():
-            totals: dict[tuple[str, str], int] = {}  # types unknown here add up under "other"
-            for task_type, counts in row["types"].items():
-                label = task_type if task_type in self.known_types else "other"
-                for outcome in OUTCOMES:
-                    if outcome in counts:
-                        totals[(label, outcome)] = totals.get((label, outcome), 0) + counts[outcome]
-            for (label, outcome), n in sorted(totals.items()):
-                jobs.add_metric([queue, label, outcome], n)
             for name in STATES:
                 state.add_metric([queue, name], row[name])
             age.add_metric([queue], row["oldest_waiting_age_seconds"])
-        workers = GaugeMetricFamily("workqueue_workers", "Live worker processes (fresh heartbeats)",
+        workers = GaugeMetricFamily("workqueue_workers", "Live worker processes (fresh heartbeats), cluster-wide",
                                     value=self.snapshot["workers"])
-        return [jobs, state, age, workers]
+        return [state, age, workers]
 
     def queues(self) -> list[tuple[str, dict[str, Any]]]:
         rows = sorted(self.snapshot["queues"].items())
         if len(rows) <= MAX_QUEUE_LABELS:
             return rows
-        return rows[:MAX_QUEUE_LABELS] + [("other", merge([r for _, r in rows[MAX_QUEUE_LABELS:]]))]
+        return rows[:MAX_QUEUE_LABELS] + [(OTHER, merge([r for _, r in rows[MAX_QUEUE_LABELS:]]))]
 
 
 def merge(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {name: sum(r[name] for r in rows) for name in STATES}
     out["oldest_waiting_age_seconds"] = max(r["oldest_waiting_age_seconds"] for r in rows)
-    out["types"] = {}
-    for r in rows:
-        for task_type, counts in r["types"].items():
-            merged = out["types"].setdefault(task_type, {})
-            for outcome, n in counts.items():
-                merged[outcome] = merged.get(outcome, 0) + n
     return out
 
 
+class ProcessCollector:
+    """This process's own counts, kept as plain integers (a dict increment on the hot path: no lock,
+    no labelled child) and exposed as counters at each scrape. Label values are chosen when a count
+    first appears and never change afterwards, so every series only ever grows."""
+
+    def __init__(self, known_types: frozenset[str]) -> None:
+        self.known_types = known_types
+        self.jobs: dict[tuple[str, str, str], int] = {}  # (queue, type, outcome or ENQUEUED) -> count
+        self.named_queues: set[str] = set()  # the first MAX_QUEUE_LABELS queues seen keep their names
+        self.log_dropped: Callable[[], int] = lambda: 0
+
+    def count(self, queue: str, task_type: str, outcome: str, n: int = 1) -> None:
+        key = (queue, task_type, outcome)
+        if key in self.jobs:  # the usual case: a label set already counted
+            self.jobs[key] += n
+            return
+        key = (self.queue_label(queue), task_type if task_type in self.known_types else OTHER, outcome)
+        self.jobs[key] = self.jobs.get(key, 0) + n
+
+    def queue_label(self, queue: str) -> str:
+        if queue in self.named_queues:
+            return queue
+        if len(self.named_queues) < MAX_QUEUE_LABELS:
+            self.named_queues.add(queue)
+            return queue
+        return OTHER
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        jobs = CounterMetricFamily("workqueue_jobs", "Job attempts by outcome, counted by this process",
+                                   labels=["queue", "type", "outcome"])
+        enqueued = CounterMetricFamily("workqueue_jobs_enqueued", "Jobs enqueued by this process",
+                                       labels=["queue", "type"])
+        for (queue, task_type, outcome), n in sorted(self.jobs.items()):
+            if outcome == ENQUEUED:
+                enqueued.add_metric([queue, task_type], n)
+            else:
+                jobs.add_metric([queue, task_type, outcome], n)
+        dropped = CounterMetricFamily("workqueue_log_lines_dropped",
+                                      "Log lines this process could not write (a full disk), and dropped",
+                                      value=self.log_dropped())
+        return [jobs, enqueued, dropped]
+
+
 class Metrics:
-    """One app's instruments and the cluster collector, in the app's own registry."""
+    """One app's instruments and collectors, in the app's own registry."""
 
     def __init__(self, known_types: Iterable[str]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.cluster = ClusterCollector()
-        self.cluster.known_types = frozenset(known_types)
+        self.counts = ProcessCollector(frozenset(known_types))
         self.registry.register(self.cluster)
+        self.registry.register(self.counts)
         self.job_wait = Histogram("workqueue_job_wait_seconds", "From due (enqueued or run_at) to start, this process",
                                   ["queue", "type"], buckets=JOB_BUCKETS, registry=self.registry)
         self.job_run = Histogram("workqueue_job_run_seconds", "From start to finish of an attempt, this process",
@@ -99,6 +134,28 @@ class Metrics:
                                 ["route", "method", "status"], registry=self.registry)
         self.request_time = Histogram("workqueue_http_request_duration_seconds", "HTTP request latency, this process",
                                       ["route", "method"], registry=self.registry)
+
+    def expect(self, queues: Iterable[str], worker: bool, producer: bool) -> None:
+        """Start the counters and histograms this process will fill at zero for its queues and task
+        types, so Prometheus sees each series from 0 and `rate` misses none of its first increments."""
+        outcomes = (OUTCOMES[:-1] if worker else ()) + ((ENQUEUED,) if producer else ())
+        for queue in queues:
+            for task_type in sorted(self.counts.known_types):
+                for outcome in outcomes:
+                    self.counts.count(queue, task_type, outcome, 0)
+                if worker:
+                    self.job_children[(queue, task_type)] = (self.job_wait.labels(queue, task_type),
+                                                             self.job_run.labels(queue, task_type))
+            if worker:
+                self.counts.count(queue, OTHER, "recovered", 0)
+
+    def count_job(self, queue: str, task_type: str, outcome: str, n: int = 1) -> None:
+        """An outcome (one of OUTCOMES) this process recorded."""
+        self.counts.count(queue, task_type, outcome, n)
+
+    def count_enqueued(self, queue: str, task_type: str) -> None:
+        """A job this process enqueued (created, not an idempotent repeat)."""
+        self.counts.count(queue, task_type, ENQUEUED)
 
     def observe_job(self, queue: str, task_type: str, wait: float, run: float) -> None:
         """Once per job: only remembered here (a tuple append), and put into the histograms at the
@@ -112,7 +169,7 @@ class Metrics:
         for queue, task_type, wait, run in times:
             children = self.job_children.get((queue, task_type))
             if children is None:
-                label = task_type if task_type in self.cluster.known_types else "other"
+                label = task_type if task_type in self.counts.known_types else OTHER
                 children = self.job_children[(queue, task_type)] = (self.job_wait.labels(queue, label),
                                                                      self.job_run.labels(queue, label))
             children[0].observe(max(0.0, wait))

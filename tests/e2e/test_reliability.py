@@ -34,6 +34,7 @@ import redis
 
 from tests.conftest import RedisServer, Service, stop_redis, wait_for
 from tests.support import write_config
+from tests.test_metrics import samples_of, value
 
 # -- helpers ------------------------------------------------------------------------------------
 
@@ -682,6 +683,10 @@ def test_a_job_that_kills_its_worker_is_dead_lettered_after_its_delivery_limit(
     wait_for(lambda: set(others + extra) <= set(completions(book)), 20, "the other jobs to complete")
     assert alive(*workers) and dead_workers() == deaths, "no worker dies once the poison job is dead"
     assert metrics(producer)["jobs_failed"] == 1
+    # The live worker that buried it counted the death under its type, as the store did.
+    buried = sum(value(prometheus_samples(w), "workqueue_jobs_total", queue="default", type="crash",
+                       outcome="dead") or 0 for w in workers)
+    assert buried == 1
     figures(scenario="poison job (os._exit) with retries=1", worker_deaths=len(deaths),
             attempts=len(attempts), status=record_["status"], error=record_["error"],
             other_jobs_completed=len(set(others + extra) & set(completions(book))))
@@ -932,3 +937,9 @@ def test_a_million_jobs_leave_worker_memory_and_redis_keys_at_baseline(
     assert warm_rss is not None
     assert all(end <= warm * 1.5 + 20 * 1024 for end, warm in zip(final_rss, warm_rss, strict=True)), \
         (warm_rss, final_rss)
+
+
+def prometheus_samples(service: Service) -> list[Any]:
+    with urllib.request.urlopen(urllib.request.Request(f"{service.url}/metrics", headers={"Accept": "text/plain"}),
+                                timeout=5) as r:
+        return samples_of(r.read().decode())

@@ -10,6 +10,7 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -232,6 +233,27 @@ async def test_fetch_marks_jobs_active_with_attempt_1(queue: Queue, client: aior
     assert await pending(client) == 1
     assert (await queue.stats())[Q]["active"] == 1
     assert await fetch_all(queue, "worker-2") == []  # each entry is delivered once
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+async def test_a_trace_context_is_kept_with_its_job_and_returned_by_every_fetch(
+    queue: Queue, client: aioredis.Redis
+) -> None:
+    traced = replace(spec(1), trace=f"{TRACEPARENT} vendor=x")
+    traced_id, plain_id = await enqueue_ids(queue, traced, spec(2))
+    assert (await record(client, traced_id))["trace"] == f"{TRACEPARENT} vendor=x"
+    assert "trace" not in await record(client, plain_id)  # only when there is one
+
+    jobs = {j.id: j for j in await fetch_all(queue)}
+    assert (jobs[traced_id].trace, jobs[plain_id].trace) == (f"{TRACEPARENT} vendor=x", None)
+    assert jobs[traced_id].payload == {"n": 1} and jobs[plain_id].priority == 0  # the other values in place
+    # A retry is fetched with the same context: its attempt belongs to the same trace.
+    await queue.finish([Outcome(jobs[traced_id], "retrying", "E", retry_at=time.time() - 1)])
+    await queue.promote(Q)
+    (again,) = await fetch_all(queue)
+    assert (again.id, again.attempts, again.trace) == (traced_id, 2, f"{TRACEPARENT} vendor=x")
 
 
 async def test_fetch_of_an_empty_queue_returns_no_jobs_and_a_cursor_per_level(queue: Queue) -> None:
@@ -1173,9 +1195,14 @@ async def test_the_same_scripts_work_on_the_embedded_fakeredis_store() -> None:
         assert await status(client, low) == "dead"
         assert await status(client, keyed) == "queued"
         assert await queue.redrive(Q, [low]) == [low]
+        (traced_id,) = await enqueue_ids(queue, replace(spec(4), trace=TRACEPARENT))
+        traced = {j.id: j for j in await fetch_all(queue, "d")}
+        assert set(traced) == {traced_id, keyed, low}
+        assert traced[traced_id].trace == TRACEPARENT and traced[keyed].trace is None is traced[low].trace
+        await queue.finish([Outcome(job, "succeeded", "1") for job in traced.values()])
         stats = (await queue.stats())[Q]
-        assert (stats["waiting"], stats["active"], stats["scheduled"], stats["dead"]) == (2, 0, 0, 0)
+        assert (stats["waiting"], stats["active"], stats["scheduled"], stats["dead"]) == (0, 0, 0, 0)
         assert (stats["done"], stats["failed"], stats["retried"], stats["cancelled"], stats["released"],
-                stats["redriven"], stats["enqueued"]) == (1, 1, 1, 1, 1, 1, 4)
+                stats["redriven"], stats["enqueued"]) == (4, 1, 1, 1, 1, 1, 5)
     finally:
         await queue.close()

@@ -25,7 +25,8 @@ RETENTION = scripts.Retention(60.0, 600.0, 1000, 120.0)
 KEYS = keys_of("mail")
 JOB = Job(id="0" * 32, delivery="1-0", type="t", queue="mail", payload={}, retries=1, attempts=1, timeout=1.0,
           due_at=0.0)
-SPEC = JobSpec(type="t", payload={}, retries=1, queue="mail", timeout=1.0, key="k")
+SPEC = JobSpec(type="t", payload={}, retries=1, queue="mail", timeout=1.0, key="k",
+               trace="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
 
 # One sample call per wrapper, to pack.
 SAMPLES: dict[str, Any] = {

@@ -9,8 +9,11 @@ started. So on SIGTERM the worker drains first, then Redis closes, then the log.
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -26,8 +29,11 @@ from ..task import check_settings
 from ..worker import Worker
 from .middleware import auth_middleware, error_middleware, request_middleware
 from .routes import add_routes
-from .state import LOG, METRICS, QUEUE, SCHEDULED, SETTINGS, TASKS, WAITER, WORKER
+from .state import LOG, METRICS, QUEUE, SCHEDULED, SETTINGS, TASKS, TRACING, WAITER, WORKER
 from .waiter import Waiter
+
+if TYPE_CHECKING:
+    from ..tracing import Tracing
 
 
 def create_app(settings: Settings, tasks: dict[str, TaskType]) -> web.Application:
@@ -50,7 +56,11 @@ def create_app(settings: Settings, tasks: dict[str, TaskType]) -> web.Applicatio
     app[SETTINGS] = settings
     app[TASKS] = tasks
     app[SCHEDULED] = scheduled
-    app[METRICS] = Metrics(tasks)
+    app[METRICS] = metrics = Metrics(tasks)
+    metrics.expect([queue for queue, _ in settings.queue_weights], settings.runs_worker, settings.runs_producer)
+    if settings.tracing:
+        app[TRACING] = load_tracing()
+        app.cleanup_ctx.append(tracing)  # first in, last out: the worker's last spans are exported
     app.cleanup_ctx.append(event_log)
     app.cleanup_ctx.append(store)
     if settings.runs_worker:
@@ -59,18 +69,51 @@ def create_app(settings: Settings, tasks: dict[str, TaskType]) -> web.Applicatio
     return app
 
 
+def load_tracing() -> Tracing:
+    """Tracing as OTEL_* configures it; ConfigError naming the extra when OpenTelemetry is missing."""
+    try:
+        from ..tracing import Tracing
+    except ImportError as e:
+        if not (e.name or "").startswith("opentelemetry"):
+            raise
+        raise ConfigError("tracing: true needs OpenTelemetry, which is not installed; "
+                          "pip install 'workqueue[otel]' (or set tracing = false)") from None
+    return Tracing.start()
+
+
+async def tracing(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await asyncio.to_thread(app[TRACING].shutdown)  # exports what is left: it may wait on the network
+
+
 async def event_log(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    log = EventLog(settings.log_path, settings.log_level, settings.log_events, settings.log_exclude)
+    log = EventLog(settings.log_path, settings.log_level, settings.log_events, settings.log_exclude,
+                   settings.log_max_bytes, settings.log_backups)
     log.start()
     app[LOG] = log
+    app[METRICS].counts.log_dropped = lambda: log.dropped
+    # SIGHUP reopens logs.txt (logrotate moves it, then signals). One more handler on the loop:
+    # aiohttp's own for SIGINT and SIGTERM stay as they are.
+    hangup = install_signal(signal.SIGHUP, log.reopen)
     for task in app[TASKS].values():
         log.emit("plugin_loaded", type=task.name, plugin=task.plugin, source=task.source)
     log.emit("service_started", role=settings.role, redis=redact_url(settings.redis_url),
              host=settings.host, port=settings.port)
     yield
     log.emit("service_stopped", role=settings.role)
+    if hangup:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
     await log.close()
+
+
+def install_signal(number: int, handler: Callable[[], None]) -> bool:
+    """Handle a signal on the running loop; False where that is impossible (not the main thread)."""
+    try:
+        asyncio.get_running_loop().add_signal_handler(number, handler)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return False
+    return True
 
 
 async def store(app: web.Application) -> AsyncIterator[None]:
@@ -112,7 +155,7 @@ async def check_redis(queue: Queue, s: Settings, log: EventLog) -> None:
 
 
 async def worker(app: web.Application) -> AsyncIterator[None]:
-    w = Worker(app[SETTINGS], app[QUEUE], app[TASKS], app[LOG], app[METRICS], app[SCHEDULED])
+    w = Worker(app[SETTINGS], app[QUEUE], app[TASKS], app[LOG], app[METRICS], app[SCHEDULED], app.get(TRACING))
     await w.start()
     app[WORKER] = w
     yield

@@ -8,6 +8,7 @@ import asyncio
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -15,14 +16,14 @@ from aiohttp import web
 
 from ..config import Settings
 from ..errors import StoreError, StoreUnavailable, ValidationError
-from ..job import TERMINAL, Status, rfc3339, valid_id
+from ..job import TERMINAL, WAITING, JobSpec, Status, rfc3339, valid_id
 from ..metrics import timing_summary, wants_prometheus
 from ..specs import parse_specs, valid_queue_name
 from ..store import Enqueued
 from .body import read_json
 from .middleware import error, json_response
 from .openapi import document
-from .state import LOG, METRICS, QUEUE, REQUEST_ID, SETTINGS, TASKS, WAITER
+from .state import LOG, METRICS, QUEUE, REQUEST_ID, SETTINGS, TASKS, TRACING, WAITER
 
 MAX_WAIT = 60.0  # seconds a GET /jobs/{id}?wait may hold a request
 # The statuses GET /jobs lists, and the shape of their cursors.
@@ -48,14 +49,18 @@ async def enqueue(request: web.Request) -> web.Response:
     # (SIGSTOP, CLIENT PAUSE) answers 503 this fast, not after a retry or two. With durability
     # "replica", the wait for a replica's confirmation (itself bounded by redis_timeout) comes on top.
     bound = settings.redis_timeout * (2 if settings.durability == "replica" else 1)
-    try:
-        async with asyncio.timeout(bound):
-            results = await request.app[QUEUE].enqueue(specs, settings.max_length)
-    except TimeoutError as e:
-        raise StoreUnavailable(f"redis did not answer within {bound:g} s") from e
-    log = request.app[LOG]
+    tracing = request.app.get(TRACING)
+    if tracing is None:
+        results = await store_jobs(request, specs, bound)
+    else:  # the request's trace context (a child span of it, in fact) is kept with each job
+        with tracing.enqueue(request.headers, specs) as (span, context):
+            results = await store_jobs(request, [replace(s, trace=context) for s in specs], bound)
+            if len(results) == 1:
+                span.set_attribute("workqueue.job_id", results[0].id)
+    log, metrics = request.app[LOG], request.app[METRICS]
     for done in results:
         if done.created:
+            metrics.count_enqueued(done.spec.queue, done.spec.type)
             log.emit("enqueued", job_id=done.id, type=done.spec.type, queue=done.spec.queue, status=done.status,
                      request_id=request[REQUEST_ID])
     if isinstance(body, list):
@@ -63,6 +68,14 @@ async def enqueue(request: web.Request) -> web.Response:
     (done,) = results
     # An idempotent repeat answers 200 with the job the key already names; a new job is 202.
     return json_response(accepted(done), 202 if done.created else 200, {"Location": f"/jobs/{done.id}"})
+
+
+async def store_jobs(request: web.Request, specs: list[JobSpec], bound: float) -> list[Enqueued]:
+    try:
+        async with asyncio.timeout(bound):
+            return await request.app[QUEUE].enqueue(specs, request.app[SETTINGS].max_length)
+    except TimeoutError as e:
+        raise StoreUnavailable(f"redis did not answer within {bound:g} s") from e
 
 
 def accepted(done: Enqueued) -> dict[str, Any]:
@@ -143,6 +156,10 @@ async def cancel_job(request: web.Request) -> web.Response:
     before, after = changed
     if before in TERMINAL:
         return error(409, f"id: job {job_id} has already ended ({before}); nothing to cancel")
+    if before in WAITING:  # the cancel itself ended it (a running job is counted by its worker)
+        record = await request.app[QUEUE].get_job(job_id)
+        request.app[METRICS].count_job(record["queue"] if record else "other", record["type"] if record else "other",
+                                       "cancelled")
     request.app[LOG].emit("cancel_requested", job_id=job_id, previous_status=before)
     # A running job's handler is stopped by the worker holding it; the job is cancelled either way.
     return json_response({"id": job_id, "status": after, "previous_status": before})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -15,6 +16,9 @@ from ..store import Queue
 from ..worker import Worker
 from .waiter import Waiter
 
+if TYPE_CHECKING:  # workqueue.tracing imports opentelemetry: only loaded when tracing is on
+    from ..tracing import Tracing
+
 SETTINGS = web.AppKey("settings", Settings)
 TASKS = web.AppKey("tasks", dict[str, TaskType])
 SCHEDULED = web.AppKey("scheduled", Sequence[JobSpec])  # the job of each [[schedule]], in order
@@ -23,4 +27,5 @@ LOG = web.AppKey("log", EventLog)
 QUEUE = web.AppKey("queue", Queue)
 WORKER = web.AppKey("worker", Worker)
 WAITER = web.AppKey("waiter", Waiter)
+TRACING: web.AppKey[Tracing] = web.AppKey("tracing")  # only with tracing = true
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -453,7 +453,9 @@ class Queue:
                 records.append(record)
         return records
 
+    @boundary
     async def types(self, queue: str, ids: list[str]) -> list[str | None]:
+        """The task type of each job (None for a record that is gone)."""
         async with self.client.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hget(keys_of(queue).job(job_id), "type")

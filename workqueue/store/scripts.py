@@ -170,7 +170,8 @@ class EnqueueScript(Script[EnqueueCall, list[list[Enqueued] | Exception]]):
         requests = [
             [[job_id, s.type, orjson.dumps(s.payload).decode(), s.retries, s.timeout, s.priority,
               math.ceil(s.run_at * 1000) if s.run_at is not None and s.run_at > now else 0,  # never early
-              k.idempotency(s.key) if s.key else "", fingerprint(s) if s.key else "", ms(s.key_ttl or 0)]
+              k.idempotency(s.key) if s.key else "", fingerprint(s) if s.key else "", ms(s.key_ttl or 0),
+              *((s.trace,) if s.trace else ())]  # the trace context only when there is one
              for job_id, s in jobs]
             for jobs in call.requests
         ]
@@ -227,11 +228,13 @@ class FetchScript(Script[FetchCall, Fetched]):
         flat, cursors, buried = reply
         queue = call.keys.queue
         jobs = []
-        for i in range(0, len(flat), 10):
-            job_id, delivery, level, task_type, payload, retries, attempts, timeout, due_at, priority = flat[i : i + 10]
+        for i in range(0, len(flat), 11):
+            job_id, delivery, level, task_type, payload, retries, attempts, timeout, due_at, priority, trace = \
+                flat[i : i + 11]
             jobs.append(Job(id=job_id.decode(), delivery=delivery.decode(), level=int(level), type=task_type.decode(),
                             queue=queue, payload=orjson.loads(payload), retries=int(retries), attempts=int(attempts),
-                            timeout=float(timeout), due_at=float(due_at), priority=int(priority or 0)))
+                            timeout=float(timeout), due_at=float(due_at), priority=int(priority or 0),
+                            trace=trace.decode() if trace else None))
         return Fetched(jobs, [c.decode() for c in cursors], [b.decode() for b in buried])
 
 

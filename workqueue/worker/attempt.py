@@ -6,6 +6,7 @@ dead, or cancelled.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import random
 import time
@@ -82,7 +83,10 @@ class Attempts:
         if task.is_coroutine:
             return task.handler(job.payload, **kwargs)  # type: ignore[no-any-return]
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self.executor, functools.partial(task.handler, job.payload, **kwargs))
+        call = functools.partial(task.handler, job.payload, **kwargs)
+        if self.settings.tracing:  # the thread runs in this task's context: the attempt's span is current
+            call = functools.partial(contextvars.copy_context().run, call)
+        return loop.run_in_executor(self.executor, call)
 
     def backoff(self, attempts: int) -> float:
         """Exponential with 'equal jitter': half fixed, half random, so retries of many jobs that

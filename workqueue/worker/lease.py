@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import StoreError
 from ..logs import EventLog
+from ..metrics import Metrics
 from ..store import Queue
 from .inflight import InFlight, Interruption
 from .lifecycle import Lifecycle
@@ -135,7 +136,8 @@ class Lease:
     """One worker's lease and what depends on it."""
 
     def __init__(self, queue: Queue, queues: Sequence[str], lease: float, heartbeat: Heartbeat,
-                 lifecycle: Lifecycle, inflight: InFlight, recorder: Recorder, log: EventLog) -> None:
+                 lifecycle: Lifecycle, inflight: InFlight, recorder: Recorder, log: EventLog,
+                 metrics: Metrics) -> None:
         self.queue = queue
         self.queues = list(queues)
         self.lease = lease
@@ -145,6 +147,7 @@ class Lease:
         self.inflight = inflight
         self.recorder = recorder
         self.log = log
+        self.metrics = metrics
         self.lapses_handled = 0  # lease lapses already dealt with (see watch)
 
     async def start(self) -> None:
@@ -222,6 +225,8 @@ class Lease:
     async def reap_queue(self, queue: str) -> None:
         moved, dead_workers = await self.queue.recover(queue, self.name)
         if moved:
+            # The recover script says how many jobs it took back, not of which types.
+            self.metrics.count_job(queue, "other", "recovered", moved)
             self.log.emit("recovered", "warning", queue=queue, worker=self.name, dead_workers=dead_workers,
                           jobs=moved)
         if self.in_doubt():
@@ -229,6 +234,7 @@ class Lease:
         held = self.inflight.jobs() + self.recorder.jobs()
         orphans = await self.queue.recover_orphans(queue, self.name, held, self.lease)
         if orphans:
+            self.metrics.count_job(queue, "other", "recovered", orphans)
             self.log.emit("orphans_recovered", "warning", queue=queue, worker=self.name, jobs=orphans,
                           error="jobs pending under this worker's name that it does not hold (a failover "
                                 "lost the last writes of a Redis master?): requeued")

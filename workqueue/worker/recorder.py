@@ -1,6 +1,6 @@
 """Recording outcomes: finished attempts are queued here and written in batches (one script call
-per queue), kept and retried while Redis is away so that none is lost, and logged once the store
-has given its verdict.
+per queue), kept and retried while Redis is away so that none is lost, then counted (this
+process's `workqueue_jobs_total`) and logged once the store has given its verdict.
 
 With `durability = "replica"` an outcome counts as recorded only once a replica confirmed it: an
 unconfirmed batch is written again until one does. A master that still has it refuses the repeat
@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import ReplicaUnconfirmed, StoreError
 from ..job import Job, Outcome, Status, Verdict
 from ..logs import EventLog
+from ..metrics import Metrics
 from ..store import Queue
 from .lifecycle import Lifecycle
 
@@ -24,9 +25,10 @@ Finished = tuple[Outcome, float, float, Verdict | None]
 
 
 class Recorder:
-    def __init__(self, queue: Queue, log: EventLog, lifecycle: Lifecycle) -> None:
+    def __init__(self, queue: Queue, log: EventLog, metrics: Metrics, lifecycle: Lifecycle) -> None:
         self.queue = queue
         self.log = log
+        self.metrics = metrics
         self.lifecycle = lifecycle
         self.outcomes: list[Finished] = []
         self.added = asyncio.Event()
@@ -80,18 +82,22 @@ class Recorder:
                 for (outcome, started, finished, earlier), verdict in zip(batch, verdicts):
                     if earlier is not None and verdict is Verdict.REFUSED:
                         verdict = earlier  # the master had it already: the repeat was refused
-                    self.log_outcome(outcome, started, finished, verdict)
+                    self.recorded(outcome, started, finished, verdict)
 
-    def log_outcome(self, outcome: Outcome, started: float, finished: float, verdict: Verdict) -> None:
+    def recorded(self, outcome: Outcome, started: float, finished: float, verdict: Verdict) -> None:
+        """Count and log an outcome the store has given its verdict on: the counts are what the store
+        counted (nothing for a refused one), so summed over the fleet they are the true totals."""
         if verdict is Verdict.REFUSED:
             event, level = "stale_outcome_refused", "warning"
         elif verdict is Verdict.CANCELLED or outcome.status is Status.CANCELLED:
             event, level = "cancelled", "info"
         else:
             event, level = EVENTS[outcome.status]
+        job = outcome.job
+        for counted in COUNTED[event]:
+            self.metrics.count_job(job.queue, job.type, counted)
         if not self.log.enabled(event, level):
             return
-        job = outcome.job
         fields: dict[str, Any] = {"job_id": job.id, "type": job.type, "queue": job.queue, "attempt": job.attempts,
                                   "wait_ms": round(max(0.0, started - job.due_at) * 1000, 1),
                                   "duration_ms": round((finished - started) * 1000, 1)}
@@ -113,4 +119,13 @@ EVENTS = {
     Status.RETRYING: ("retrying", "warning"),
     Status.DEAD: ("dead", "error"),
     Status.CANCELLED: ("cancelled", "info"),
+}
+# What each of those events counts in workqueue_jobs_total (`outcome`), as the finish script counts
+# it in Redis: a failed attempt is `failed`, and `retried` or `dead` besides.
+COUNTED = {
+    "succeeded": ("succeeded",),
+    "retrying": ("failed", "retried"),
+    "dead": ("failed", "dead"),
+    "cancelled": ("cancelled",),
+    "stale_outcome_refused": (),
 }

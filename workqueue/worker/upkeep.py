@@ -18,6 +18,7 @@ from dataclasses import replace
 from ..errors import StoreError
 from ..job import JobSpec, Status
 from ..logs import EventLog
+from ..metrics import Metrics
 from ..schedule import Schedule
 from ..store import Queue
 from .inflight import InFlight, Interruption
@@ -75,11 +76,13 @@ class Upkeep:
 class Scheduler:
     """Runs every schedule in this worker process; any number of processes may run the same ones."""
 
-    def __init__(self, schedules: Sequence[Schedule], jobs: Sequence[JobSpec], queue: Queue, log: EventLog) -> None:
+    def __init__(self, schedules: Sequence[Schedule], jobs: Sequence[JobSpec], queue: Queue, log: EventLog,
+                 metrics: Metrics) -> None:
         self.schedules = schedules
         self.jobs = {s.name: job for s, job in zip(schedules, jobs)}  # what each one enqueues
         self.queue = queue
         self.log = log
+        self.metrics = metrics
 
     async def run(self) -> None:
         await asyncio.gather(*(self.keep(s) for s in self.schedules))
@@ -118,5 +121,6 @@ class Scheduler:
         (done,) = await self.queue.enqueue([spec], {})
         await self.queue.set_last_tick(schedule.queue, schedule.name, tick)
         if done.created:
+            self.metrics.count_enqueued(spec.queue, spec.type)
             self.log.emit("scheduled_enqueued", job_id=done.id, type=spec.type, queue=spec.queue,
                           schedule=schedule.name, tick=tick)

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
 from ..errors import StoreError
@@ -38,14 +38,18 @@ from .lifecycle import REDIS_PAUSE, Lifecycle, Phase, cancel_all
 from .recorder import Recorder
 from .upkeep import Scheduler, Upkeep
 
+if TYPE_CHECKING:  # workqueue.tracing imports opentelemetry: only loaded when tracing is on
+    from ..tracing import Tracing
+
 # Longest wait between two tries to reach Redis while the worker starts.
 START_PAUSE_MAX = 5.0
 
 
 class Worker:
     def __init__(self, settings: Settings, queue: Queue, tasks: dict[str, TaskType], log: EventLog,
-                 metrics: Metrics, scheduled: Sequence[JobSpec] = ()) -> None:
+                 metrics: Metrics, scheduled: Sequence[JobSpec] = (), tracing: Tracing | None = None) -> None:
         self.settings = settings
+        self.tracing = tracing
         self.queue = queue
         self.log = log
         self.metrics = metrics
@@ -56,12 +60,12 @@ class Worker:
         self.lifecycle = Lifecycle(self.name, log)
         self.inflight = InFlight(settings.concurrency)
         self.attempts = Attempts(settings, tasks, log, self.name)
-        self.recorder = Recorder(queue, log, self.lifecycle)
+        self.recorder = Recorder(queue, log, metrics, self.lifecycle)
         heartbeat = Heartbeat(queue, self.queues, self.name, settings.lease, self.describe, plugin_sources(tasks), log)
         self.lease = Lease(queue, self.queues, settings.lease, heartbeat, self.lifecycle, self.inflight,
-                           self.recorder, log)
+                           self.recorder, log, metrics)
         self.upkeep = Upkeep(queue, self.queues, self.inflight, self.lifecycle)
-        self.scheduler = Scheduler(settings.schedule, scheduled, queue, log) if settings.schedule else None
+        self.scheduler = Scheduler(settings.schedule, scheduled, queue, log, metrics) if settings.schedule else None
         self.fetcher: asyncio.Task[None] | None = None
         self.consumers: list[asyncio.Task[None]] = []
         self.busy: set[asyncio.Task[None]] = set()  # consumers running a job right now
@@ -174,16 +178,28 @@ class Worker:
                         resting[queue] = time.monotonic() + REDIS_PAUSE
                         continue
                     cursors[queue] = got.cursors
-                    for job_id in got.buried:
-                        self.log.emit("dead", "error", job_id=job_id, queue=queue, worker=self.name,
-                                      error="exceeded its delivery limit: every worker running it died")
                     fetched += len(got.jobs)
                     for job in got.jobs:
                         self.inflight.ready.put_nowait(job)
+                    if got.buried:
+                        await self.buried(queue, got.buried)
             finally:
                 self.inflight.release(count - fetched)
             if fetched == 0:
                 await self.wait_for_work(cursors, resting)
+
+    async def buried(self, queue: str, ids: list[str]) -> None:
+        """Poison jobs the fetch made dead: logged, and counted (as the store counted them: a failed
+        attempt and a death) under their types, which the fetch does not return."""
+        try:
+            types = await self.queue.types(queue, ids)
+        except StoreError:
+            types = [None] * len(ids)
+        for job_id, task_type in zip(ids, types):
+            self.log.emit("dead", "error", job_id=job_id, queue=queue, worker=self.name,
+                          error="exceeded its delivery limit: every worker running it died")
+            for outcome in ("failed", "dead"):
+                self.metrics.count_job(queue, task_type or "other", outcome)
 
     def weighted_order(self) -> list[str]:
         """Queues in a random order where each comes first with probability weight / total weight."""
@@ -230,25 +246,34 @@ class Worker:
             ctx = self.attempts.context(job)
             inflight.start(job, me, ctx, started)
             outcome: Outcome | None = None
+            run = self.tracing.run(job) if self.tracing is not None else None
             try:
                 outcome = await self.attempts.run(job, ctx)
             except asyncio.CancelledError:
                 if job.id not in inflight.interrupted:
+                    if run is not None:
+                        run.end(None, "handed back")
                     raise  # this worker is stopping: the job is handed back
             finally:
                 self.busy.discard(me)
                 finished = time.time()
                 why = inflight.end(job.id, finished - started)
+                if run is not None:
+                    run.leave()
             if why is not None:
                 # The cancellation was for this job only (a cancel request, its timeout, a lost
                 # lease): the consumer goes on. Whatever the handler returned after it is discarded.
                 while me.cancelling():
                     me.uncancel()
                 if why is Interruption.LOST:
+                    if run is not None:
+                        run.end(None, "lost")
                     inflight.release()  # another worker has this job now; our outcome would be refused
                     continue
                 outcome = self.attempts.interrupted(job, why)
             assert outcome is not None
+            if run is not None:
+                run.end(outcome)
             self.metrics.observe_job(job.queue, job.type, started - job.due_at, finished - started)
             outcome.wait, outcome.run = max(0.0, started - job.due_at), finished - started
             self.recorder.add(outcome, started, finished)

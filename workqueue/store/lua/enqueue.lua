@@ -12,7 +12,8 @@
 -- ARGV[5] requests    one JSON array (one argument instead of ten per job: cheaper to send) of
 --                     requests, each an array of jobs, each [id, type, payload (JSON text), retries,
 --                     timeout, priority, run_at (epoch ms, 0: now), idempotency key ('' for none),
---                     fingerprint of type+payload, key TTL after the job ends (ms, 0: the default)]
+--                     fingerprint of type+payload, key TTL after the job ends (ms, 0: the default),
+--                     and only when there is one, the trace context to keep with the job]
 -- Returns per request {'conflict', job index (1-based), existing id} or {'full', current length}
 --   or {'ok', id1, status1, created1, id2, ...}: created is 0 for a job that already existed.
 -- Flags: none, so when Redis is out of memory it refuses the whole script before it runs: an
@@ -82,6 +83,7 @@ local function write(jobs, answers)
         redis.call('HSET', job, 'key', j[8])
         if j[10] > 0 then redis.call('HSET', job, 'key_ttl', j[10]) end
       end
+      if j[11] then redis.call('HSET', job, 'trace', j[11]) end
       out[#out + 1] = id; out[#out + 1] = status; out[#out + 1] = 1
       count(TALLY.ENQUEUED)
     end

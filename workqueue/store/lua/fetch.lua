@@ -11,11 +11,11 @@
 -- ARGV[3] count      most jobs to deliver
 -- ARGV[4] order      'high' (highest level first) or 'low' (lowest first)
 -- ARGV[5] retention  JSON [result TTL ms, dead TTL ms, dead max, key TTL ms]
--- Returns {jobs, cursors, buried}: jobs is a flat list, 10 values per job: id, delivery (stream
+-- Returns {jobs, cursors, buried}: jobs is a flat list, 11 values per job: id, delivery (stream
 --   entry id), level, type, payload, retries, attempts, timeout, due (enqueue time, or run_at if
---   later), priority; cursors, only when no job was delivered, has per level, highest first, the
---   group's last delivered entry id, from where a blocking XREAD waits for the next job; buried
---   lists the ids of the poison jobs made dead.
+--   later), priority, trace (nil unless the job has one); cursors, only when no job was delivered,
+--   has per level, highest first, the group's last delivered entry id, from where a blocking XREAD
+--   waits for the next job; buried lists the ids of the poison jobs made dead.
 -- Flags: allow-oom, on purpose: when Redis is out of memory workers must keep draining, which
 -- is what frees memory (a fetch only changes records that exist).
 -- include: keys, clock, tally, bury, ended, cursor
@@ -38,7 +38,7 @@ for level = first, last, step do
       local job = job_key(prefix, id)
       -- One read for everything below (this runs once per job: every command counts).
       local f = redis.call('HMGET', job, 'status', 'type', 'payload', 'retries', 'timeout', 'enqueued_at',
-        'priority', 'run_at', 'attempts', 'key', 'key_ttl')
+        'priority', 'run_at', 'attempts', 'key', 'key_ttl', 'trace')
       if f[1] == STATUS.QUEUED then
         local attempts = tonumber(f[9]) + 1
         if attempts > tonumber(f[4]) + 1 then
@@ -52,7 +52,7 @@ for level = first, last, step do
           redis.call('HSET', job, 'status', STATUS.ACTIVE, 'attempts', attempts, 'started_at', now,
             'worker', consumer, 'entry', delivery)
           local due = string.format('%.17g', math.max(tonumber(f[6]), tonumber(f[8]) or 0))
-          for _, v in ipairs({id, delivery, level, f[2], f[3], f[4], attempts, f[5], due, f[7]}) do
+          for _, v in ipairs({id, delivery, level, f[2], f[3], f[4], attempts, f[5], due, f[7], f[12]}) do
             jobs[#jobs + 1] = v
           end
           delivered = delivered + 1

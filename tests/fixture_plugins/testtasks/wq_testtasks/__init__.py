@@ -91,3 +91,19 @@ async def crash(payload, ctx):
     writing one ledger line per attempt that started."""
     record_run(payload, ctx)
     os._exit(int(payload.get("code", 1)))
+
+
+# -- a task type for tests/test_tracing.py ------------------------------------------------------------
+
+
+async def traced(payload, ctx):
+    """Makes a span of its own with the OpenTelemetry API (as a plugin would), then fails until attempt
+    `succeed_on`."""
+    from opentelemetry import trace
+
+    with trace.get_tracer("wq_testtasks").start_as_current_span("testtasks.traced") as span:
+        span.set_attribute("testtasks.attempt", ctx.attempt)
+        await asyncio.sleep(0)
+    if ctx.attempt < int(payload.get("succeed_on", 1)):
+        raise RuntimeError(f"traced failure on attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}
